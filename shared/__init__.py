@@ -1,0 +1,5 @@
+"""What every fine-tuning method shares: flags, data, the training loop, early stopping, energy and tracking.
+
+Modules import their heavy dependencies (torch, transformers, mlflow) lazily where they can, so a
+script's `--help` answers at once.
+"""

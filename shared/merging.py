@@ -1,0 +1,36 @@
+"""Merging an adapter into full-precision base weights: LoRA and QLoRA both end here."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import click
+
+log = logging.getLogger(__name__)
+
+
+def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache_dir: Path | None, dtype: str) -> None:
+    """Load the base in `dtype` (never quantized), apply the adapter, merge, and save weights and tokenizer."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise click.UsageError(f"{adapter_dir} holds no adapter_config.json: is it a training output directory?")
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise click.UsageError(f"{output_dir} is not empty: choose another --output-dir")
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("Loading base model %s in %s", base_model, dtype)
+    model = AutoModelForCausalLM.from_pretrained(base_model, cache_dir=cache_dir, dtype=getattr(torch, dtype))
+    log.info("Applying the adapter from %s and merging it", adapter_dir)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    # Written aside and renamed at the end, so a crash never leaves a half-written model at OUTPUT_DIR.
+    partial = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    merged.save_pretrained(partial)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(partial)
+    if output_dir.exists():
+        output_dir.rmdir()
+    partial.rename(output_dir)
+    log.info("Wrote the merged model to %s", output_dir)

@@ -1,0 +1,41 @@
+"""Loading the base model and tokenizer, and counting what a method trains."""
+
+import logging
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def weights_dtype(flags: dict) -> torch.dtype:
+    """The dtype the base weights load in: the mixed-precision dtype when one is asked for, else float32."""
+    if flags["bf16"]:
+        return torch.bfloat16
+    if flags["fp16"]:
+        return torch.float16
+    return torch.float32
+
+
+def load_tokenizer(flags: dict):
+    tokenizer = AutoTokenizer.from_pretrained(flags["base_model"], cache_dir=flags["cache_dir"])
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_base_model(flags: dict, **kwargs) -> PreTrainedModel:
+    """Load the base causal LM named by --base-model; `kwargs` go to `from_pretrained` (e.g. a quantization config)."""
+    log.info("Loading base model %s", flags["base_model"])
+    kwargs.setdefault("dtype", weights_dtype(flags))
+    model = AutoModelForCausalLM.from_pretrained(flags["base_model"], cache_dir=flags["cache_dir"], **kwargs)
+    model.config.use_cache = False  # a KV cache is useless in training and costs memory
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, float]:
+    """Trainable and total parameter counts, and the trainable share in percent."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / total}

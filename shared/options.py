@@ -1,0 +1,140 @@
+"""The command-line flags every method accepts, defined once so that all methods take exactly the same ones."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+_COMMON_OPTIONS = [
+    # I/O
+    click.option("--base-model", required=True, help="Hugging Face model id or local model folder."),
+    click.option(
+        "--dataset", required=True, type=EXISTING_FILE, help="Training records: JSON list or JSONL of {input, output}."
+    ),
+    click.option(
+        "--dev-dataset",
+        type=EXISTING_FILE,
+        help="Dev records for evaluation and early stopping. Without it, --dev-fraction of the training data is held out.",
+    ),
+    click.option(
+        "--dev-fraction",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        default=0.1,
+        show_default=True,
+        help="Share of the training records held out (seeded) when no --dev-dataset is given.",
+    ),
+    click.option(
+        "--output-dir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where the result goes; must be empty unless --resume.",
+    ),
+    click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Hugging Face cache folder for the base model.",
+    ),
+    click.option(
+        "--energy-log",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Extra copy of the energy report (always in OUTPUT_DIR/energy.json).",
+    ),
+    # schedule
+    click.option(
+        "--epochs",
+        type=click.FloatRange(min=0, min_open=True),
+        default=3.0,
+        show_default=True,
+        help="Training epochs (early stopping may end sooner).",
+    ),
+    click.option(
+        "--max-steps",
+        type=int,
+        default=-1,
+        show_default=True,
+        help="Optimizer steps; overrides --epochs when positive.",
+    ),
+    click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Sequences per device per micro-batch.",
+    ),
+    click.option(
+        "--gradient-accumulation",
+        type=click.IntRange(min=1),
+        default=8,
+        show_default=True,
+        help="Micro-batches per optimizer step.",
+    ),
+    click.option(
+        "--max-length",
+        type=click.IntRange(min=8),
+        default=2048,
+        show_default=True,
+        help="Tokens per record; longer ones are truncated (or dropped when the prompt alone fills it).",
+    ),
+    click.option(
+        "--gradient-checkpointing",
+        is_flag=True,
+        help="Recompute activations in the backward pass: less memory, ~30% slower.",
+    ),
+    click.option(
+        "--seed",
+        type=int,
+        default=42,
+        show_default=True,
+        help="Seeds the dev split, the data order and the adapter initialisation.",
+    ),
+    click.option("--bf16", is_flag=True, help="Train in bfloat16 mixed precision (base weights loaded in bfloat16)."),
+    click.option("--fp16", is_flag=True, help="Train in float16 mixed precision (CUDA only)."),
+    # evaluation and early stopping
+    click.option(
+        "--eval-steps",
+        type=click.IntRange(min=1),
+        help="Evaluate (and checkpoint) every N optimizer steps. Default: once per epoch.",
+    ),
+    click.option(
+        "--logging-steps",
+        type=click.IntRange(min=1),
+        default=10,
+        show_default=True,
+        help="Log training metrics every N optimizer steps.",
+    ),
+    click.option(
+        "--patience",
+        type=click.IntRange(min=1),
+        default=3,
+        show_default=True,
+        help="Evaluations without enough improvement before training stops.",
+    ),
+    click.option(
+        "--min-improvement",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.01,
+        show_default=True,
+        help="Relative drop in dev loss that counts as an improvement (0.01 = 1%).",
+    ),
+    # tracking
+    click.option("--experiment-name", envvar="MLFLOW_EXPERIMENT_NAME", default="peft-comparison", show_default=True),
+    click.option("--run-name", help="MLflow run name. Default: METHOD-<timestamp>."),
+    click.option(
+        "--tracking-uri", help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else MLflow's local store."
+    ),
+    click.option(
+        "--resume",
+        is_flag=True,
+        help="Continue from the last checkpoint in OUTPUT_DIR, logging into the same MLflow run.",
+    ),
+]
+
+
+def common_options(command: Callable) -> Callable:
+    """Decorate a click command with the flags every method shares."""
+    for option in reversed(_COMMON_OPTIONS):
+        command = option(command)
+    return command

@@ -1,0 +1,168 @@
+"""One MLflow run per training job: params, tags, per-step metrics, artifacts; FAILED when the job dies.
+
+Only the main process (rank 0) talks to MLflow. The run id is written into the output directory, so
+`--resume` and the evaluation scripts find the run that trained a folder.
+"""
+
+import json
+import logging
+import os
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import mlflow
+from mlflow.tracking import MlflowClient
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "mlflow_run.json"
+ROOT_ARTIFACTS = ("energy.json", "trainer_state.json")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """Drop any user:password from a URI so it never reaches params, tags or files."""
+    if not uri or "@" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if not parts.password and not parts.username:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def read_run_id(output_dir: Path) -> str:
+    """The MLflow run id recorded in a training output directory."""
+    path = Path(output_dir) / RUN_FILE
+    if not path.is_file():
+        raise click.ClickException(f"{output_dir} holds no {RUN_FILE}: it was not written by a training run")
+    return json.loads(path.read_text())["run_id"]
+
+
+@contextmanager
+def tracked_run(
+    method: str,
+    params: dict,
+    output_dir: Path,
+    *,
+    tracking_uri: str | None,
+    experiment_name: str,
+    run_name: str | None,
+    resume: bool,
+) -> Iterator[str | None]:
+    """Start (or, with `resume`, reopen) the job's run; yield its id; end it FINISHED, or FAILED on any error."""
+    if not is_main_process():
+        yield None
+        return
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    resumed_id = read_run_id(output_dir) if resume else None
+    attached = resumed_id or os.environ.get("MLFLOW_RUN_ID")
+    if not attached:
+        mlflow.set_experiment(experiment_name)
+    name = None if attached else run_name or f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
+    run = mlflow.start_run(run_id=resumed_id, run_name=name)
+    log.info("MLflow run %s in %s", run.info.run_id, redact_uri(mlflow.get_tracking_uri()))
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
+        (Path(output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        mlflow.set_tag("method", method)
+        log_params_once(params)
+        yield run.info.run_id
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def log_params_once(params: dict) -> None:
+    """Log params the run does not hold yet; a resumed or `mlflow run`-created run keeps its first values."""
+    run = mlflow.active_run()
+    existing = MlflowClient().get_run(run.info.run_id).data.params
+    fresh = {}
+    for key, value in params.items():
+        value = redact_uri(str(value)) if key == "tracking_uri" else str(value)
+        if key not in existing:
+            fresh[key] = value
+        elif existing[key] != value:
+            log.warning("Param %s stays %r in the run (this job passed %r)", key, existing[key], value)
+    mlflow.log_params(fresh)
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this job: CUDA memory allocated when training on a GPU, else the process's peak RSS."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MlflowMetricsCallback(TrainerCallback):
+    """Logs the Trainer's numbers under stable names, plus real tokens per second and peak memory.
+
+    Throughput counts non-padding tokens over the time spent in training steps only: evaluation and
+    checkpoint saving between steps are left out.
+    """
+
+    def __init__(self) -> None:
+        self.train_seconds = 0.0
+        self.mark = time.monotonic()
+        self.tokens_at_last_log = 0
+        self.seconds_at_last_log = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.mark = time.monotonic()
+        self.tokens_at_last_log = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        self.train_seconds += now - self.mark
+        self.mark = now
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.mark = time.monotonic()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.mark = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+        if "loss" in numbers:
+            # The Trainer's own train_* speed figures are wall-clock since start, evaluation included: replaced.
+            numbers = {k: v for k, v in numbers.items() if not k.startswith("train_")}
+            numbers["train_loss"] = numbers.pop("loss")
+            seconds = self.train_seconds - self.seconds_at_last_log
+            if seconds > 0:
+                numbers["tokens_per_second"] = (state.num_input_tokens_seen - self.tokens_at_last_log) / seconds
+            self.tokens_at_last_log = state.num_input_tokens_seen
+            self.seconds_at_last_log = self.train_seconds
+            numbers["peak_memory_mb"] = peak_memory_mb()
+        elif "train_loss" in numbers:  # the end-of-training summary: its train_loss is the mean over the run
+            numbers["train_loss_mean"] = numbers.pop("train_loss")
+        mlflow.log_metrics(numbers, step=state.global_step)
+
+
+def log_training_outputs(output_dir: Path, energy, *, best_eval_loss: float, runtime: float) -> None:
+    """End-of-run metrics, and the saved model, energy report and trainer state as artifacts."""
+    metrics = {"best_eval_loss": best_eval_loss, "train_runtime": runtime}
+    if energy.available:
+        metrics["energy_joules"] = energy.joules
+    else:
+        mlflow.set_tag("energy_unavailable", energy.reason)
+    mlflow.log_metrics(metrics)
+    for path in sorted(Path(output_dir).iterdir()):
+        if path.name in ROOT_ARTIFACTS:
+            mlflow.log_artifact(str(path))
+        elif path.is_file() and path.name not in (RUN_FILE, "training_args.bin"):
+            mlflow.log_artifact(str(path), artifact_path="model")

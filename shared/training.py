@@ -1,0 +1,150 @@
+"""The training job every method runs: only the model it trains differs.
+
+Order matters: every check that can fail on bad input (flags, output directory, data) runs before the MLflow
+run starts and before the model loads, so a mistake costs seconds and leaves nothing behind.
+"""
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import mlflow
+import torch
+from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from shared.data import file_sha256, padding_collator, read_records, split_off_dev, tokenize_records
+from shared.energy import EnergyMeter
+from shared.modeling import count_parameters, load_tokenizer
+from shared.stopping import RelativeEarlyStopping
+from shared.tracking import MlflowMetricsCallback, is_main_process, log_training_outputs, tracked_run
+
+log = logging.getLogger(__name__)
+
+
+def run_training(method: str, flags: dict, build_model: Callable[[dict], PreTrainedModel]) -> None:
+    """Check inputs, track the run, build the model with `build_model(flags)`, train with early stopping, save."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output_dir: Path = flags["output_dir"]
+    checkpoint = check_output_dir(output_dir, flags["resume"])
+    check_precision(flags)
+    train_records, dev_records, data_params = load_records(flags)
+    tokenizer = load_tokenizer(flags)
+    train_data = tokenize_records(train_records, tokenizer, flags["max_length"], "training data")
+    dev_data = tokenize_records(dev_records, tokenizer, flags["max_length"], "dev data")
+    for name, data in (("train", train_data), ("dev", dev_data)):
+        data_params.update({f"{name}_truncated": data.truncated, f"{name}_dropped": data.dropped})
+
+    tracking = {k: flags[k] for k in ("tracking_uri", "experiment_name", "run_name", "resume")}
+    with tracked_run(method, {**flags, **data_params}, output_dir, **tracking):
+        meter = EnergyMeter()
+        meter.start()
+        set_seed(flags["seed"])
+        model = build_model(flags)
+        counts = count_parameters(model)
+        click.echo(
+            f"Trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
+            f"({counts['trainable_percent']:.4f}%)"
+        )
+        callbacks = [RelativeEarlyStopping(flags["patience"], flags["min_improvement"])]
+        if is_main_process():
+            mlflow.log_params(counts)
+            callbacks.append(MlflowMetricsCallback())
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(flags),
+            train_dataset=train_data.dataset,
+            eval_dataset=dev_data.dataset,
+            data_collator=padding_collator(tokenizer),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+        if checkpoint is None:
+            log.info("Evaluating the untouched model on the dev set (step 0)")
+            trainer.evaluate()
+        else:
+            log.info("Resuming from %s", checkpoint)
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        log.info("Saving the best model to %s", output_dir)
+        trainer.save_model(str(output_dir))
+        trainer.save_state()
+        energy = meter.stop()
+        for path in filter(None, (output_dir / "energy.json", flags["energy_log"])):
+            energy.write(path)
+        if is_main_process():
+            eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+            log_training_outputs(
+                output_dir, energy, best_eval_loss=min(eval_losses), runtime=result.metrics["train_runtime"]
+            )
+
+
+def check_output_dir(output_dir: Path, resume: bool) -> str | None:
+    """Refuse to overwrite a result; with --resume, return the checkpoint to continue from."""
+    if resume:
+        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if checkpoint is None:
+            raise click.UsageError(f"--resume: {output_dir} holds no checkpoint-* folder to continue from")
+        return checkpoint
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise click.UsageError(
+            f"{output_dir} is not empty: pass --resume to continue the training it holds, or choose another --output-dir"
+        )
+    return None
+
+
+def check_precision(flags: dict) -> None:
+    if flags["bf16"] and flags["fp16"]:
+        raise click.UsageError("--bf16 and --fp16 exclude each other: pick one")
+    if flags["fp16"] and not torch.cuda.is_available():
+        raise click.UsageError("--fp16 needs a CUDA GPU; on CPU use --bf16 or neither")
+
+
+def load_records(flags: dict) -> tuple[list, list, dict]:
+    """Training and dev records (validated), and the params that identify the data in MLflow."""
+    train = read_records(flags["dataset"])
+    params = {"dataset_rows": len(train), "dataset_sha256": file_sha256(flags["dataset"])}
+    if flags["dev_dataset"]:
+        dev = read_records(flags["dev_dataset"])
+        params.update(dev_dataset_rows=len(dev), dev_dataset_sha256=file_sha256(flags["dev_dataset"]))
+    else:
+        train, dev = split_off_dev(train, flags["dev_fraction"], flags["seed"])
+        log.info("Held out %d of %d training records as the dev set", len(dev), len(dev) + len(train))
+    params.update(train_rows=len(train), dev_rows=len(dev))
+    return train, dev, params
+
+
+def training_arguments(flags: dict) -> TrainingArguments:
+    """The Trainer settings every method shares: same schedule, same evaluation, same stopping rule."""
+    schedule = {"eval_strategy": "epoch", "save_strategy": "epoch"}
+    if flags["eval_steps"]:
+        schedule = {
+            "eval_strategy": "steps",
+            "save_strategy": "steps",
+            "eval_steps": flags["eval_steps"],
+            "save_steps": flags["eval_steps"],
+        }
+    return TrainingArguments(
+        output_dir=str(flags["output_dir"]),
+        num_train_epochs=flags["epochs"],
+        max_steps=flags["max_steps"],
+        learning_rate=flags["learning_rate"],
+        per_device_train_batch_size=flags["batch_size"],
+        per_device_eval_batch_size=flags["batch_size"],
+        gradient_accumulation_steps=flags["gradient_accumulation"],
+        activation_checkpointing=flags["gradient_checkpointing"],
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=flags["bf16"],
+        fp16=flags["fp16"],
+        seed=flags["seed"],
+        logging_steps=flags["logging_steps"],
+        **schedule,
+        save_total_limit=1,  # with load_best_model_at_end the best checkpoint is kept too
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        restore_callback_states_from_checkpoint=True,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",  # MlflowMetricsCallback logs; transformers' own MLflow callback would log twice
+    )
