@@ -127,11 +127,11 @@ def tokenize_records(records: list[dict[str, str]], tokenizer, max_length: int, 
     prompt_special_tokens = not tokenizer.chat_template
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
-        pairs = [render(tokenizer, i, o) for i, o in zip(batch["input"], batch["output"])]
+        pairs = [render(tokenizer, i, o) for i, o in zip(batch["input"], batch["output"], strict=True)]
         prompts = tokenizer([p for p, _ in pairs], add_special_tokens=prompt_special_tokens)["input_ids"]
         answers = tokenizer([a for _, a in pairs], add_special_tokens=False)["input_ids"]
         out = {"input_ids": [], "attention_mask": [], "labels": [], "fate": []}
-        for prompt_ids, answer_ids in zip(prompts, answers):
+        for prompt_ids, answer_ids in zip(prompts, answers, strict=True):
             room = max_length - len(prompt_ids)
             fate = "dropped" if room <= 0 else "truncated" if len(answer_ids) > room else "kept"
             answer_ids = answer_ids[: max(room, 0)]

@@ -43,6 +43,8 @@ def _visible_handles(nvml) -> list:
     for item in (part.strip() for part in visible.split(",")):
         if not item:
             continue
+        if item.startswith("-"):  # CUDA stops at the first invalid entry; "-1" is the usual "no GPU"
+            break
         if item.isdigit():
             handles.append(nvml.nvmlDeviceGetHandleByIndex(int(item)))
         else:
@@ -56,11 +58,12 @@ class EnergyMeter:
     def __init__(self) -> None:
         self._nvml = None
         self._devices: list[tuple[str, object, int]] = []
-        self._reason: str | None = None
-        self._started = 0.0
+        self._reason: str | None = "the meter was never started"
+        self._started = time.monotonic()
 
     def start(self) -> None:
         self._started = time.monotonic()
+        self._reason = None
         try:
             self._nvml = self._init_nvml()
             for handle in _visible_handles(self._nvml):

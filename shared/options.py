@@ -16,7 +16,7 @@ _COMMON_OPTIONS = [
     click.option(
         "--dev-dataset",
         type=EXISTING_FILE,
-        help="Dev records for evaluation and early stopping. Without it, --dev-fraction of the training data is held out.",
+        help="Dev records for evaluation and early stopping (default: hold out --dev-fraction of --dataset).",
     ),
     click.option(
         "--dev-fraction",

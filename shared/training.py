@@ -70,9 +70,9 @@ def run_training(method: str, flags: dict, build_model: Callable[[dict], PreTrai
         trainer.save_model(str(output_dir))
         trainer.save_state()
         energy = meter.stop()
-        for path in filter(None, (output_dir / "energy.json", flags["energy_log"])):
-            energy.write(path)
         if is_main_process():
+            for path in filter(None, (output_dir / "energy.json", flags["energy_log"])):
+                energy.write(path)
             eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
             log_training_outputs(
                 output_dir, energy, best_eval_loss=min(eval_losses), runtime=result.metrics["train_runtime"]
@@ -88,7 +88,7 @@ def check_output_dir(output_dir: Path, resume: bool) -> str | None:
         return checkpoint
     if output_dir.exists() and any(output_dir.iterdir()):
         raise click.UsageError(
-            f"{output_dir} is not empty: pass --resume to continue the training it holds, or choose another --output-dir"
+            f"{output_dir} is not empty: pass --resume to continue its training, or choose another --output-dir"
         )
     return None
 

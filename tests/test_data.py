@@ -1,0 +1,143 @@
+"""Reading, validating, rendering and tokenizing {input, output} records."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from shared.data import (
+    ALPACA_PROMPT,
+    IGNORE_INDEX,
+    DataError,
+    padding_collator,
+    read_records,
+    render,
+    split_off_dev,
+    tokenize_records,
+)
+
+GOOD = [{"input": "a", "output": "b"}, {"input": "c", "output": "d", "extra": 1}]
+
+
+def write(tmp_path, name, content: str | bytes):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def test_reads_a_json_list_and_jsonl_alike(tmp_path):
+    as_json = read_records(write(tmp_path, "d.json", json.dumps(GOOD)))
+    as_jsonl = read_records(write(tmp_path, "d.jsonl", "\n".join(json.dumps(r) for r in GOOD) + "\n\n"))
+    assert as_json == as_jsonl == GOOD
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("bad.json", "[{", "not valid JSON"),
+        ("obj.json", json.dumps({"input": "a", "output": "b"}), "expected a JSON list of records, found a dict"),
+        ("empty.json", "[]", "the dataset is empty"),
+        ("missing.json", json.dumps([GOOD[0], {"input": "x"}]), "record 1: field 'output' is missing"),
+        (
+            "null.json",
+            json.dumps([{"input": None, "output": "y"}]),
+            "record 0: field 'input' must be a string, found null",
+        ),
+        (
+            "number.json",
+            json.dumps([GOOD[0], GOOD[0], {"input": "x", "output": 3}]),
+            "record 2: field 'output' must be a string, found int",
+        ),
+        ("list.json", json.dumps([["a", "b"]]), "record 0 is a list"),
+        ("broken.jsonl", json.dumps(GOOD[0]) + "\n{oops\n", "line 2 is not valid JSON"),
+        ("latin1.json", '[{"input": "caf\xe9", "output": "b"}]'.encode("latin-1"), "not UTF-8 text"),
+    ],
+)
+def test_bad_files_are_refused_naming_file_record_and_field(tmp_path, name, content, expected):
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataError) as err:
+        read_records(path)
+    assert str(path) in err.value.message
+    assert expected in err.value.message
+
+
+def test_dev_split_is_seeded_disjoint_and_complete():
+    records = [{"input": str(i), "output": str(i)} for i in range(50)]
+    train, dev = split_off_dev(records, 0.1, seed=7)
+    assert len(dev) == 5 and len(train) == 45
+    assert sorted(r["input"] for r in train + dev) == sorted(r["input"] for r in records)
+    assert split_off_dev(records, 0.1, seed=7) == (train, dev)
+    assert split_off_dev(records, 0.1, seed=8)[1] != dev
+
+
+def test_dev_split_needs_two_records():
+    with pytest.raises(DataError, match="--dev-dataset"):
+        split_off_dev([GOOD[0]], 0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(tiny_qwen2):
+    return AutoTokenizer.from_pretrained(tiny_qwen2)
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(tiny_llama):
+    return AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def test_loss_covers_the_output_and_end_of_turn_only(qwen_tokenizer):
+    records = [{"input": "Spell in words: 1 2", "output": "one two"}]
+    data = tokenize_records(records, qwen_tokenizer, max_length=256, name="t").dataset[0]
+    prompt_text, answer_text = render(qwen_tokenizer, "Spell in words: 1 2", "one two")
+    prompt_len = len(qwen_tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+    assert data["labels"][:prompt_len] == [IGNORE_INDEX] * prompt_len
+    assert data["labels"][prompt_len:] == data["input_ids"][prompt_len:]
+    assert qwen_tokenizer.decode(data["labels"][prompt_len:]) == answer_text
+    assert answer_text.startswith("one two<|im_end|>")
+    assert prompt_text.endswith("<|im_start|>assistant\n")
+
+
+def test_template_bos_is_not_doubled(llama_tokenizer):
+    data = tokenize_records([{"input": "hi", "output": "there"}], llama_tokenizer, 256, "t").dataset[0]
+    assert data["input_ids"][0] == llama_tokenizer.bos_token_id
+    assert data["input_ids"][1] != llama_tokenizer.bos_token_id
+
+
+def test_falls_back_to_alpaca_prompt_without_chat_template(tiny_qwen2):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
+    tokenizer.chat_template = None
+    prompt, answer = render(tokenizer, "Add 1 and 2", "3")
+    assert prompt == ALPACA_PROMPT.format(input="Add 1 and 2")
+    assert answer == "3" + tokenizer.eos_token
+    data = tokenize_records([{"input": "Add 1 and 2", "output": "3"}], tokenizer, 256, "t").dataset[0]
+    trained = [t for t, label in zip(data["input_ids"], data["labels"], strict=True) if label != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "3" + tokenizer.eos_token
+
+
+def test_long_records_are_truncated_or_dropped_and_counted(qwen_tokenizer):
+    records = [
+        {"input": "short", "output": "fine"},
+        {"input": "short", "output": " ".join(["word"] * 200)},
+        {"input": " ".join(["word"] * 200), "output": "never seen"},
+    ]
+    data = tokenize_records(records, qwen_tokenizer, max_length=64, name="t")
+    assert (data.kept, data.truncated, data.dropped) == (1, 1, 1)
+    assert len(data.dataset) == 2
+    assert max(len(ids) for ids in data.dataset["input_ids"]) == 64
+
+
+def test_all_records_dropped_is_an_error(qwen_tokenizer):
+    with pytest.raises(DataError, match="every record is longer than --max-length 8"):
+        tokenize_records([{"input": " ".join(["word"] * 50), "output": "x"}], qwen_tokenizer, 8, "dev data")
+
+
+def test_collator_pads_labels_with_the_ignore_index(qwen_tokenizer):
+    data = tokenize_records(
+        [{"input": "a", "output": "b"}, {"input": "a longer prompt", "output": "b c d"}], qwen_tokenizer, 256, "t"
+    )
+    batch = padding_collator(qwen_tokenizer)([data.dataset[0], data.dataset[1]])
+    short = len(data.dataset[0]["input_ids"])
+    assert batch["input_ids"].shape == batch["labels"].shape
+    assert (batch["labels"][0, short:] == IGNORE_INDEX).all()
+    assert (batch["attention_mask"][0, short:] == 0).all()
+    assert batch["attention_mask"][1].all()

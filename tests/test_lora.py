@@ -1,0 +1,216 @@
+"""LoRA end to end: the real script trains a tiny model, logs to a real MLflow store, and merges."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import run_script
+from shared.data import file_sha256
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--batch-size", 8, "--gradient-accumulation", 1, "--learning-rate", 1e-2, "--logging-steps", 10]
+
+
+def train(cwd, *args, env=None):
+    return run_script("methods/lora/train.py", "--experiment-name", "tests", *FAST, *args, cwd=cwd, env=env)
+
+
+def only_run(cwd):
+    client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+    experiment = client.get_experiment_by_name("tests")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_qwen2, synthetic_dataset):
+    """One LoRA run on the learnable task, into MLflow's default store (no URI given: ./mlflow.db)."""
+    cwd = tmp_path_factory.mktemp("lora")
+    out = cwd / "out"
+    result = train(
+        cwd, "--base-model", tiny_qwen2, "--dataset", synthetic_dataset, "--output-dir", out,
+        "--max-steps", 80, "--eval-steps", 20,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(cwd)
+    return {"cwd": cwd, "out": out, "stdout": result.stdout, "client": client, "run": run}
+
+
+def history(trained, key):
+    return [(m.step, m.value) for m in trained["client"].get_metric_history(trained["run"].info.run_id, key)]
+
+
+def test_lora_halves_the_dev_loss(trained):
+    losses = history(trained, "eval_loss")
+    assert losses[0][0] == 0, "the untouched model is evaluated at step 0"
+    assert [step for step, _ in losses] == [0, 20, 40, 60, 80]
+    assert min(v for _, v in losses) <= losses[0][1] / 2
+
+
+def test_run_holds_params_tags_and_data_identity(trained, synthetic_dataset, tiny_qwen2):
+    run = trained["run"]
+    params = run.data.params
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "lora"
+    assert params["learning_rate"] == "0.01" and params["lora_r"] == "8" and params["target_modules"] == "all-linear"
+    assert params["base_model"] == str(tiny_qwen2) and params["dataset"] == str(synthetic_dataset)
+    assert params["dataset_rows"] == "240" and params["train_rows"] == "216" and params["dev_rows"] == "24"
+    assert params["dataset_sha256"] == file_sha256(synthetic_dataset)
+    trainable, total = int(params["trainable_params"]), int(params["total_params"])
+    assert 0 < trainable < total
+    assert float(params["trainable_percent"]) == pytest.approx(100 * trainable / total)
+    assert f"Trainable parameters: {trainable:,} of {total:,}" in trained["stdout"]
+
+
+def test_run_holds_step_metrics_once_each(trained):
+    for key in ("train_loss", "learning_rate", "grad_norm", "tokens_per_second", "peak_memory_mb"):
+        assert [step for step, _ in history(trained, key)] == [10, 20, 30, 40, 50, 60, 70, 80], key
+    assert all(v > 0 for _, v in history(trained, "tokens_per_second"))
+    metrics = trained["run"].data.metrics
+    assert "loss" not in metrics, "transformers' own MLflow callback must stay off"
+    assert metrics["best_eval_loss"] == min(v for _, v in history(trained, "eval_loss"))
+    assert metrics["train_runtime"] > 0
+    assert "energy_joules" not in metrics
+    assert "NVML" in trained["run"].data.tags["energy_unavailable"]
+
+
+def test_output_dir_holds_the_best_adapter_and_reports(trained):
+    out = trained["out"]
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "trainer_state.json",
+        "energy.json",
+    ):
+        assert (out / name).is_file(), name
+    state = json.loads((out / "trainer_state.json").read_text())
+    best = load_file(f"{state['best_model_checkpoint']}/adapter_model.safetensors")
+    saved = load_file(out / "adapter_model.safetensors")
+    assert best.keys() == saved.keys() and all(torch.equal(best[k], saved[k]) for k in best)
+    energy = json.loads((out / "energy.json").read_text())
+    assert energy["available"] is False and energy["joules"] is None and energy["reason"]
+    assert energy["seconds"] > 0
+
+
+def test_artifacts_are_downloadable(trained, tmp_path):
+    client, run_id = trained["client"], trained["run"].info.run_id
+    listed = {a.path for a in client.list_artifacts(run_id)} | {a.path for a in client.list_artifacts(run_id, "model")}
+    assert {
+        "energy.json",
+        "trainer_state.json",
+        "model/adapter_config.json",
+        "model/adapter_model.safetensors",
+    } <= listed
+    local = client.download_artifacts(run_id, "energy.json", str(tmp_path))
+    assert json.loads(open(local).read()) == json.loads((trained["out"] / "energy.json").read_text())
+
+
+def logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits
+
+
+def test_merged_model_matches_the_adapter(trained, tiny_qwen2, tmp_path):
+    merged_dir = tmp_path / "merged"
+    result = run_script(
+        "methods/lora/merge.py", "--base-model", tiny_qwen2, "--lora-ckpt", trained["out"], "--output-dir", merged_dir
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "merged.partial").exists()
+    tokens = torch.randint(0, 1000, (2, 24))
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_qwen2), trained["out"]).eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen2).eval()
+    assert (logits(merged, tokens) - logits(adapted, tokens)).abs().max() < 1e-4
+    assert (logits(merged, tokens) - logits(base, tokens)).abs().max() > 1e-2, "the adapter must change the model"
+
+
+def test_resume_continues_into_the_same_run(tmp_path, tiny_qwen2, synthetic_dataset):
+    common = [
+        "--base-model",
+        tiny_qwen2,
+        "--dataset",
+        synthetic_dataset,
+        "--output-dir",
+        tmp_path / "out",
+        "--eval-steps",
+        5,
+    ]
+    assert train(tmp_path, *common, "--max-steps", 10).returncode == 0
+    _, first = only_run(tmp_path)
+    result = train(tmp_path, *common, "--max-steps", 20, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(tmp_path)
+    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")]
+    assert steps == [0, 5, 10, 15, 20], "no second step-0 evaluation, and steps continue"
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 20
+
+
+def test_llama_architecture_trains(tmp_path, tiny_llama, synthetic_dataset):
+    args = ["--base-model", tiny_llama, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out"]
+    result = train(
+        tmp_path, *args, "--max-steps", 20, "--eval-steps", 10, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(tmp_path)
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "eval_loss")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_non_empty_output_dir_is_refused(tmp_path, tiny_qwen2, synthetic_dataset):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("a previous result")
+    result = train(
+        tmp_path, "--base-model", tiny_qwen2, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out"
+    )
+    assert result.returncode == 2
+    assert "is not empty: pass --resume" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep.txt"]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_data_is_refused_before_anything_starts(tmp_path, tiny_qwen2):
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([{"input": "a", "output": "b"}, {"input": "c"}]))
+    result = train(tmp_path, "--base-model", tiny_qwen2, "--dataset", data, "--output-dir", tmp_path / "out")
+    assert result.returncode == 1
+    assert f"{data}: record 1: field 'output' is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", 0], "--batch-size"),
+        (["--learning-rate", -1], "--learning-rate"),
+        (["--bf16", "--fp16"], "--bf16 and --fp16 exclude each other"),
+        (["--resume"], "holds no checkpoint"),
+    ],
+)
+def test_bad_flags_are_refused(tmp_path, tiny_qwen2, synthetic_dataset, flags, message):
+    args = ["--base-model", tiny_qwen2, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out", *flags]
+    result = train(tmp_path, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_run_that_dies_after_starting_is_failed(tmp_path, tiny_qwen2, synthetic_dataset):
+    broken = shutil.copytree(tiny_qwen2, tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    args = ["--base-model", broken, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out"]
+    result = train(tmp_path, *args, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db")
+    assert result.returncode != 0
+    _, run = only_run(tmp_path)
+    assert run.info.status == "FAILED"

@@ -1,0 +1,105 @@
+"""One MLflow run per job, against a real local MLflow store (sqlite)."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from shared.tracking import RUN_FILE, MlflowMetricsCallback, read_run_id, redact_uri, tracked_run
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def open_run(store, output_dir, resume=False, params=None):
+    return tracked_run(
+        "lora",
+        params or {"learning_rate": 0.001},
+        output_dir,
+        tracking_uri=store,
+        experiment_name="tests",
+        run_name=None,
+        resume=resume,
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("https://user:s3cret@mlflow.example.com:5000/path", "https://mlflow.example.com:5000/path"),
+        ("postgresql://me:pw@db/mlflow", "postgresql://db/mlflow"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
+        (None, None),
+    ],
+)
+def test_credentials_never_leave_a_uri(uri, expected):
+    assert redact_uri(uri) == expected
+
+
+def test_a_run_records_its_id_and_finishes(store, tmp_path):
+    out = tmp_path / "out"
+    with open_run(store, out, params={"learning_rate": 0.001, "tracking_uri": "http://u:pw@host:5000"}) as run_id:
+        pass
+    run = MlflowClient(store).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "lora"
+    assert run.data.params == {"learning_rate": "0.001", "tracking_uri": "http://host:5000"}
+    assert json.loads((out / RUN_FILE).read_text())["run_id"] == run_id == read_run_id(out)
+
+
+def test_a_run_that_dies_is_marked_failed(store, tmp_path):
+    with pytest.raises(RuntimeError), open_run(store, tmp_path / "out"):
+        raise RuntimeError("model failed to load")
+    run_id = read_run_id(tmp_path / "out")
+    assert MlflowClient(store).get_run(run_id).info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
+def test_resume_reopens_the_same_run_and_keeps_first_params(store, tmp_path):
+    out = tmp_path / "out"
+    with open_run(store, out, params={"learning_rate": 0.001, "epochs": 3}) as first:
+        pass
+    with open_run(store, out, resume=True, params={"learning_rate": 0.001, "epochs": 5, "seed": 1}) as second:
+        pass
+    assert second == first
+    run = MlflowClient(store).get_run(first)
+    assert run.data.params == {"learning_rate": "0.001", "epochs": "3", "seed": "1"}
+    assert run.info.status == "FINISHED"
+    assert len(MlflowClient(store).search_runs([run.info.experiment_id])) == 1
+
+
+def test_resume_without_a_run_record_is_refused(store, tmp_path):
+    with pytest.raises(Exception, match=f"holds no {RUN_FILE}"), open_run(store, tmp_path, resume=True):
+        pass
+
+
+def test_metrics_get_stable_names_throughput_and_memory(store, tmp_path):
+    callback = MlflowMetricsCallback()
+    args, state, control = (
+        TrainingArguments(output_dir=str(tmp_path), report_to="none"),
+        TrainerState(),
+        TrainerControl(),
+    )
+    with open_run(store, tmp_path / "out") as run_id:
+        callback.on_train_begin(args, state, control)
+        state.global_step, state.num_input_tokens_seen = 10, 5000
+        callback.on_step_end(args, state, control)
+        step_log = {"loss": 2.5, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": 0.5, "train_runtime": 9.0}
+        callback.on_log(args, state, control, logs=step_log)
+        callback.on_log(args, state, control, logs={"eval_loss": 2.4, "epoch": 0.5})
+        callback.on_log(args, state, control, logs={"train_loss": 2.6, "train_runtime": 12.0, "epoch": 1.0})
+    metrics = MlflowClient(store).get_run(run_id).data.metrics
+    assert metrics["train_loss"] == 2.5 and metrics["eval_loss"] == 2.4
+    assert metrics["train_loss_mean"] == 2.6 and metrics["train_runtime"] == 12.0
+    assert "loss" not in metrics
+    assert metrics["tokens_per_second"] > 0
+    assert metrics["peak_memory_mb"] > 10
