@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import resource
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +74,8 @@ def tracked_run(
     name = None if attached else run_name or f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
     run = mlflow.start_run(run_id=resumed_id, run_name=name)
     log.info("MLflow run %s in %s", run.info.run_id, redact_uri(mlflow.get_tracking_uri()))
+    # SIGTERM (kill, a scheduler's stop) becomes SystemExit, so the run below ends FAILED instead of RUNNING.
+    previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
@@ -82,7 +86,14 @@ def tracked_run(
     except BaseException:
         mlflow.end_run("FAILED")
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     mlflow.end_run("FINISHED")
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    log.error("Terminated by SIGTERM; marking the MLflow run FAILED")
+    sys.exit(128 + signum)
 
 
 def log_params_once(params: dict) -> None:

@@ -1,7 +1,12 @@
 """LoRA end to end: the real script trains a tiny model, logs to a real MLflow store, and merges."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -10,7 +15,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import run_script
+from conftest import REPO, run_script
 from shared.data import file_sha256
 
 pytestmark = pytest.mark.slow
@@ -212,5 +217,21 @@ def test_a_run_that_dies_after_starting_is_failed(tmp_path, tiny_qwen2, syntheti
     args = ["--base-model", broken, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out"]
     result = train(tmp_path, *args, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db")
     assert result.returncode != 0
+    _, run = only_run(tmp_path)
+    assert run.info.status == "FAILED"
+
+
+def test_a_terminated_run_is_failed_not_running(tmp_path, tiny_qwen2, synthetic_dataset):
+    """SIGTERM mid-training (a `kill`, a scheduler's stop) ends the MLflow run FAILED."""
+    args = ["--base-model", tiny_qwen2, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out"]
+    command = [sys.executable, str(REPO / "methods/lora/train.py"), *map(str, args), "--max-steps", "100000"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLFLOW_EXPERIMENT_NAME": "tests"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "out").glob("checkpoint-*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     _, run = only_run(tmp_path)
     assert run.info.status == "FAILED"

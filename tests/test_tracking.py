@@ -103,3 +103,16 @@ def test_metrics_get_stable_names_throughput_and_memory(store, tmp_path):
     assert "loss" not in metrics
     assert metrics["tokens_per_second"] > 0
     assert metrics["peak_memory_mb"] > 10
+
+
+def test_attaches_to_the_run_mlflow_run_created(store, tmp_path, monkeypatch):
+    client = MlflowClient(store)
+    created = client.create_run(client.create_experiment("projects")).info.run_id
+    client.log_param(created, "learning_rate", "1e-3")  # as `mlflow run` logs its -P values
+    monkeypatch.setenv("MLFLOW_RUN_ID", created)
+    with open_run(store, tmp_path / "out", params={"learning_rate": 0.001, "seed": 42}) as run_id:
+        pass
+    assert run_id == created
+    run = client.get_run(created)
+    assert run.data.params == {"learning_rate": "1e-3", "seed": "42"}
+    assert run.data.tags["method"] == "lora" and run.info.status == "FINISHED"
