@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-import mlflow
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -18,7 +17,7 @@ from shared.data import file_sha256, padding_collator, read_records, split_off_d
 from shared.energy import EnergyMeter
 from shared.modeling import count_parameters, load_tokenizer
 from shared.stopping import RelativeEarlyStopping
-from shared.tracking import MlflowMetricsCallback, is_main_process, log_training_outputs, tracked_run
+from shared.tracking import MlflowMetricsCallback, is_main_process, log_params_once, log_training_outputs, tracked_run
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def run_training(method: str, flags: dict, build_model: Callable[[dict], PreTrai
         )
         callbacks = [RelativeEarlyStopping(flags["patience"], flags["min_improvement"])]
         if is_main_process():
-            mlflow.log_params(counts)
+            log_params_once(counts)
             callbacks.append(MlflowMetricsCallback())
         trainer = Trainer(
             model=model,
