@@ -1,4 +1,7 @@
-"""Merging an adapter into full-precision base weights: LoRA and QLoRA both end here."""
+"""Merging an adapter into full-precision base weights: LoRA and QLoRA both end here.
+
+The base is always reloaded unquantized: merging into 4-bit weights would round the adapter's update away.
+"""
 
 import logging
 import shutil
@@ -34,3 +37,25 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache
         output_dir.rmdir()
     partial.rename(output_dir)
     log.info("Wrote the merged model to %s", output_dir)
+
+
+@click.command()
+@click.option("--base-model", required=True, help="The base model the adapter was trained on (hub id or folder).")
+@click.option(
+    "--lora-ckpt",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Training output folder holding adapter_config.json.",
+)
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="dtype of the merged weights.",
+)
+def merge_command(base_model: str, lora_ckpt: Path, output_dir: Path, cache_dir: Path | None, dtype: str) -> None:
+    """Merge the adapter in --lora-ckpt into --base-model and write a standalone model to --output-dir."""
+    merge_adapter(base_model, lora_ckpt, output_dir, cache_dir=cache_dir, dtype=dtype)

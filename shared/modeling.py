@@ -36,6 +36,23 @@ def load_base_model(flags: dict, **kwargs) -> PreTrainedModel:
 
 def count_parameters(model: torch.nn.Module) -> dict[str, float]:
     """Trainable and total parameter counts, and the trainable share in percent."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT's count unpacks 4-bit weights (two per byte)
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
     return {"trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / total}
+
+
+def lora_config(flags: dict):
+    """The LoRA adapter settings from the --lora-* flags (shared by LoRA and QLoRA)."""
+    from peft import LoraConfig
+
+    targets = flags["target_modules"]
+    return LoraConfig(
+        r=flags["lora_r"],
+        lora_alpha=flags["lora_alpha"],
+        lora_dropout=flags["lora_dropout"],
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+        task_type="CAUSAL_LM",
+    )

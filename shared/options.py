@@ -133,8 +133,36 @@ _COMMON_OPTIONS = [
 ]
 
 
-def common_options(command: Callable) -> Callable:
-    """Decorate a click command with the flags every method shares."""
-    for option in reversed(_COMMON_OPTIONS):
+def _apply(options: list, command: Callable) -> Callable:
+    for option in reversed(options):
         command = option(command)
     return command
+
+
+def common_options(command: Callable) -> Callable:
+    """Decorate a click command with the flags every method shares."""
+    return _apply(_COMMON_OPTIONS, command)
+
+
+_LORA_OPTIONS = [
+    click.option("--lora-r", type=click.IntRange(min=1), default=8, show_default=True, help="Rank of the adapters."),
+    click.option(
+        "--lora-alpha",
+        type=click.FloatRange(min=0, min_open=True),
+        default=16,
+        show_default=True,
+        help="Scale: updates are multiplied by alpha/r.",
+    ),
+    click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True),
+    click.option(
+        "--target-modules",
+        default="all-linear",
+        show_default=True,
+        help="Comma-separated module names to adapt (q_proj,v_proj); all-linear: every linear layer but the head.",
+    ),
+]
+
+
+def lora_options(command: Callable) -> Callable:
+    """Decorate a click command with the LoRA flags (LoRA and QLoRA share them)."""
+    return _apply(_LORA_OPTIONS, command)

@@ -1,5 +1,6 @@
 """Session fixtures: tiny real-architecture models built once, a learnable synthetic task, a script runner."""
 
+import importlib.util
 import json
 import os
 import random
@@ -7,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
+from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
 DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
@@ -63,3 +66,24 @@ def synthetic_dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "spelled_digits.json"
     path.write_text(json.dumps(spelled_digits(240)))
     return path
+
+
+# Settings under which the tiny model learns the synthetic task in a few dozen steps.
+FAST = ["--batch-size", 8, "--gradient-accumulation", 1, "--learning-rate", 1e-2, "--logging-steps", 10]
+
+
+def only_run(cwd: Path):
+    """The single run of experiment 'tests' in the sqlite store at CWD/mlflow.db, with a client to read it."""
+    client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+    experiment = client.get_experiment_by_name("tests")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def load_command(path: str) -> click.Command:
+    """The click command defined by a script of the repo, imported without running it."""
+    spec = importlib.util.spec_from_file_location(path.replace("/", "_"), REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

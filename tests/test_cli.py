@@ -1,6 +1,5 @@
 """The scripts' command lines: MLproject mirrors the flags, and `--help` stays light."""
 
-import importlib.util
 import subprocess
 import sys
 
@@ -8,20 +7,14 @@ import click
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, load_command
+from shared.options import common_options
 
 # Flags MLproject cannot carry as `--flag {value}`: switches, and optional flags without a default.
 NOT_IN_MLPROJECT = {
     "bf16", "fp16", "gradient_checkpointing", "resume",
     "dev_dataset", "cache_dir", "energy_log", "eval_steps", "run_name", "tracking_uri",
 }  # fmt: skip
-
-
-def load_command(path: str) -> click.Command:
-    spec = importlib.util.spec_from_file_location(path.replace("/", "_"), REPO / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def test_mlproject_lora_entry_mirrors_the_flags_and_defaults():
@@ -38,7 +31,10 @@ def test_mlproject_lora_entry_mirrors_the_flags_and_defaults():
             assert spec["default"] == option.default, name
 
 
-@pytest.mark.parametrize("script", ["methods/lora/train.py", "methods/lora/merge.py", "scripts/make_tiny_model.py"])
+SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("methods/*/*.py"), *REPO.glob("scripts/*.py")])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_help_imports_no_heavy_library(script):
     probe = (
         "import runpy, sys\n"
@@ -52,3 +48,20 @@ def test_help_imports_no_heavy_library(script):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert "Usage:" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def describe(command: click.Command) -> dict[str, tuple]:
+    return {p.name: (tuple(p.opts), repr(p.type), p.default, p.required, p.is_flag) for p in command.params}
+
+
+COMMON_NAMES = set(describe(common_options(click.command()(lambda **flags: None))))
+
+
+def test_every_method_takes_the_same_common_flags():
+    scripts = sorted(str(p.relative_to(REPO)) for p in REPO.glob("methods/*/train.py"))
+    assert len(scripts) >= 2
+    reference = describe(load_command(scripts[0]))
+    assert COMMON_NAMES <= set(reference)
+    for script in scripts[1:]:
+        params = describe(load_command(script))
+        assert {n: params.get(n) for n in COMMON_NAMES} == {n: reference[n] for n in COMMON_NAMES}, script

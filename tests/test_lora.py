@@ -10,29 +10,18 @@ import time
 
 import pytest
 import torch
-from mlflow import MlflowClient
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO, run_script
+from conftest import FAST, REPO, only_run, run_script
 from shared.data import file_sha256
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--batch-size", 8, "--gradient-accumulation", 1, "--learning-rate", 1e-2, "--logging-steps", 10]
-
 
 def train(cwd, *args, env=None):
     return run_script("methods/lora/train.py", "--experiment-name", "tests", *FAST, *args, cwd=cwd, env=env)
-
-
-def only_run(cwd):
-    client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
-    experiment = client.get_experiment_by_name("tests")
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1
-    return client, runs[0]
 
 
 @pytest.fixture(scope="module")
