@@ -7,6 +7,7 @@ run starts and before the model loads, so a mistake costs seconds and leaves not
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -22,8 +23,13 @@ from shared.tracking import MlflowMetricsCallback, is_main_process, log_params_o
 log = logging.getLogger(__name__)
 
 
-def run_training(method: str, flags: dict, build_model: Callable[[dict], PreTrainedModel]) -> None:
-    """Check inputs, track the run, build the model with `build_model(flags)`, train with early stopping, save."""
+def run_training(
+    method: str, flags: dict, build_model: Callable[[dict], PreTrainedModel], **trainer_settings: Any
+) -> None:
+    """Check inputs, track the run, build the model with `build_model(flags)`, train with early stopping, save.
+
+    `trainer_settings` go to TrainingArguments on top of the shared ones (e.g. a DeepSpeed config).
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output_dir: Path = flags["output_dir"]
     checkpoint = check_output_dir(output_dir, flags["resume"])
@@ -52,7 +58,7 @@ def run_training(method: str, flags: dict, build_model: Callable[[dict], PreTrai
             callbacks.append(MlflowMetricsCallback())
         trainer = Trainer(
             model=model,
-            args=training_arguments(flags),
+            args=training_arguments(flags, **trainer_settings),
             train_dataset=train_data.dataset,
             eval_dataset=dev_data.dataset,
             data_collator=padding_collator(tokenizer),
@@ -113,7 +119,7 @@ def load_records(flags: dict) -> tuple[list, list, dict]:
     return train, dev, params
 
 
-def training_arguments(flags: dict) -> TrainingArguments:
+def training_arguments(flags: dict, **overrides: Any) -> TrainingArguments:
     """The Trainer settings every method shares: same schedule, same evaluation, same stopping rule."""
     schedule = {"eval_strategy": "epoch", "save_strategy": "epoch"}
     if flags["eval_steps"]:
@@ -146,4 +152,5 @@ def training_arguments(flags: dict) -> TrainingArguments:
         restore_callback_states_from_checkpoint=True,
         include_num_input_tokens_seen="non_padding",
         report_to="none",  # MlflowMetricsCallback logs; transformers' own MLflow callback would log twice
+        **overrides,
     )
