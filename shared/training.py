@@ -4,6 +4,7 @@ Order matters: every check that can fail on bad input (flags, output directory, 
 run starts and before the model loads, so a mistake costs seconds and leaves nothing behind.
 """
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,16 @@ log = logging.getLogger(__name__)
 
 
 def run_training(
-    method: str, flags: dict, build_model: Callable[[dict], PreTrainedModel], **trainer_settings: Any
+    method: str,
+    flags: dict,
+    build_model: Callable[[dict], PreTrainedModel],
+    *,
+    extra_files: dict[str, dict] | None = None,
+    **trainer_settings: Any,
 ) -> None:
     """Check inputs, track the run, build the model with `build_model(flags)`, train with early stopping, save.
 
+    `extra_files` are JSON files the method writes beside its saved model (name -> content).
     `trainer_settings` go to TrainingArguments on top of the shared ones (e.g. a DeepSpeed config).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,6 +83,8 @@ def run_training(
         trainer.save_state()
         energy = meter.stop()
         if is_main_process():
+            for name, content in (extra_files or {}).items():
+                (output_dir / name).write_text(json.dumps(content, indent=2) + "\n")
             for path in filter(None, (output_dir / "energy.json", flags["energy_log"])):
                 energy.write(path)
             eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
