@@ -1,0 +1,110 @@
+"""Train every method briefly on the same model and data, and tabulate what each costs, from its MLflow run.
+
+The README's method table is this script's output (`--update-readme`), so its numbers are measured, not typed.
+Each method runs in its own process with the same flags, one after another, into a scratch MLflow store.
+"""
+
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+REPO = Path(__file__).resolve().parent.parent
+METHODS = ("lora", "qlora", "bitfit", "prefix", "fft")
+MERGE_NEEDED = {
+    "lora": "yes",
+    "qlora": "yes (into full precision)",
+    "bitfit": "no",
+    "prefix": "no (adapter)",
+    "fft": "no",
+}
+START, END = "<!-- method-table:start -->", "<!-- method-table:end -->"
+
+
+def measure(method: str, base_model: str, dataset: Path, steps: int, workdir: Path) -> dict:
+    """Train METHOD for STEPS steps and return its run's params and metrics."""
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{workdir}/mlflow.db"
+    command = [
+        sys.executable, str(REPO / "methods" / method / "train.py"), "--base-model", base_model,
+        "--dataset", str(dataset), "--output-dir", str(workdir / method), "--max-steps", str(steps),
+        "--eval-steps", str(steps), "--logging-steps", "1", "--max-length", "512",
+        "--batch-size", "4", "--gradient-accumulation", "2", "--tracking-uri", store, "--experiment-name", "table",
+    ]  # fmt: skip
+    click.echo(f"Training {method} for {steps} steps ...", err=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise click.ClickException(f"{method} failed:\n{result.stderr[-2000:]}")
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("table")
+    run = client.search_runs([experiment.experiment_id], f"tags.method = '{method}'")[0]
+    history = sorted(client.get_metric_history(run.info.run_id, "tokens_per_second"), key=lambda m: m.step)
+    speeds = sorted(m.value for m in history[len(history) // 4 :])  # the first steps warm up
+    return {
+        "method": method,
+        "trainable_percent": float(run.data.params["trainable_percent"]),
+        "peak_memory_mb": run.data.metrics["peak_memory_mb"],
+        "tokens_per_second": speeds[len(speeds) // 2],
+    }
+
+
+def markdown_table(rows: list[dict], hardware: str) -> str:
+    lines = [
+        "| method | trainable % | peak memory (MB) | tokens/s (median) | merge needed |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['trainable_percent']:.3f} | {row['peak_memory_mb']:,.0f} | "
+            f"{row['tokens_per_second']:,.0f} | {MERGE_NEEDED[row['method']]} |"
+        )
+    lines.append(f"\nMeasured by `scripts/method_table.py` on {hardware}.")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, table: str) -> str:
+    """Put TABLE between the method-table markers of a README text."""
+    if START not in text or END not in text:
+        raise click.ClickException(f"the README has no {START} ... {END} block to fill")
+    return re.sub(f"{re.escape(START)}.*?{re.escape(END)}", f"{START}\n{table}\n{END}", text, flags=re.DOTALL)
+
+
+@click.command()
+@click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated methods to run.")
+@click.option("--base-model", help="Model to train. Default: a tiny Qwen2 built on the spot.")
+@click.option("--dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Default: HumanEval.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--hardware", default="this machine's CPU", show_default=True, help="Said under the table.")
+@click.option("--update-readme", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="README to fill.")
+def main(
+    methods: str, base_model: str | None, dataset: Path | None, steps: int, hardware: str, update_readme: Path | None
+):
+    """Print (and optionally write into a README) the per-method cost table."""
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        if base_model is None:
+            base_model = str(workdir / "tiny-qwen2")
+            subprocess.run(
+                [sys.executable, str(REPO / "scripts/make_tiny_model.py"), base_model], check=True, capture_output=True
+            )
+        if dataset is None:
+            dataset = workdir / "humaneval.json"
+            subprocess.run(
+                [sys.executable, str(REPO / "scripts/prepare_humaneval.py"), "--output", str(dataset)],
+                check=True,
+                capture_output=True,
+            )
+        rows = [measure(m.strip(), base_model, dataset, steps, workdir) for m in methods.split(",")]
+    table = markdown_table(rows, hardware)
+    click.echo(table)
+    if update_readme:
+        update_readme.write_text(replace_block(update_readme.read_text(), table))
+        click.echo(f"Updated {update_readme}", err=True)
+
+
+if __name__ == "__main__":
+    main()
