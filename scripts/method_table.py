@@ -84,6 +84,8 @@ def main(
     methods: str, base_model: str | None, dataset: Path | None, steps: int, hardware: str, update_readme: Path | None
 ):
     """Print (and optionally write into a README) the per-method cost table."""
+    if update_readme:
+        replace_block(update_readme.read_text(), "")  # refuse a README without the block before training
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         if base_model is None:
