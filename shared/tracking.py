@@ -165,15 +165,28 @@ class MlflowMetricsCallback(TrainerCallback):
 
 
 def log_training_outputs(output_dir: Path, energy, *, best_eval_loss: float, runtime: float) -> None:
-    """End-of-run metrics, and the saved model, energy report and trainer state as artifacts."""
+    """End-of-run metrics, and the saved model, energy report and trainer state as artifacts.
+
+    Adapters are uploaded whole. A full model's weights (gigabytes for a real model) stay in the output
+    directory, whose path the run records; its config and tokenizer are uploaded.
+    """
     metrics = {"best_eval_loss": best_eval_loss, "train_runtime": runtime}
     if energy.available:
         metrics["energy_joules"] = energy.joules
     else:
         mlflow.set_tag("energy_unavailable", energy.reason)
     mlflow.log_metrics(metrics)
+    is_adapter = (Path(output_dir) / "adapter_config.json").is_file()
+    if not is_adapter:
+        mlflow.set_tag("model_weights_path", str(Path(output_dir).resolve()))
     for path in sorted(Path(output_dir).iterdir()):
         if path.name in ROOT_ARTIFACTS:
             mlflow.log_artifact(str(path))
         elif path.is_file() and path.name not in (RUN_FILE, "training_args.bin"):
-            mlflow.log_artifact(str(path), artifact_path="model")
+            if is_adapter or not _is_full_weights(path):
+                mlflow.log_artifact(str(path), artifact_path="model")
+
+
+def _is_full_weights(path: Path) -> bool:
+    """model.safetensors, its shards (model-00001-of-00004.safetensors) and their index."""
+    return path.name.startswith("model") and (path.suffix == ".safetensors" or path.name.endswith(".index.json"))

@@ -32,6 +32,9 @@ def test_only_biases_train(tmp_path, tiny_qwen2, synthetic_dataset):
     changed = changed_tensors(tiny_qwen2, tmp_path / "out")
     assert changed and all(name.endswith(".bias") for name in changed)
     assert not (tmp_path / "out" / "adapter_config.json").exists(), "a plain model folder, no merge step"
+    uploaded = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert "model/config.json" in uploaded and "model/model.safetensors" not in uploaded, "weights stay local"
+    assert run.data.tags["model_weights_path"] == str((tmp_path / "out").resolve())
 
 
 def test_a_model_without_biases_is_refused_before_anything_starts(tmp_path, tiny_llama, synthetic_dataset):
