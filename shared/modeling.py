@@ -39,8 +39,9 @@ def count_parameters(model: torch.nn.Module) -> dict[str, float]:
     if hasattr(model, "get_nb_trainable_parameters"):  # PEFT's count unpacks 4-bit weights (two per byte)
         trainable, total = model.get_nb_trainable_parameters()
     else:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+        sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]  # ZeRO-3: shards
+        trainable = sum(size for size, requires_grad in sizes if requires_grad)
+        total = sum(size for size, _ in sizes)
     return {"trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / total}
 
 

@@ -6,12 +6,14 @@ run starts and before the model loads, so a mistake costs seconds and leaves not
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import torch
+from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -41,6 +43,10 @@ def run_training(
     output_dir: Path = flags["output_dir"]
     checkpoint = check_output_dir(output_dir, flags["resume"])
     check_precision(flags)
+    # Built before the model: under a launcher this joins the process group, and with ZeRO-3 it makes
+    # from_pretrained load each rank's shard only. The step-0 evaluation runs inside train() (eval_on_start):
+    # a DeepSpeed engine prepared by an evaluate() before train() has no optimizer and cannot train.
+    args = training_arguments(flags, eval_on_start=checkpoint is None, **cpu_settings(trainer_settings))
     train_records, dev_records, data_params = load_records(flags)
     tokenizer = load_tokenizer(flags)
     train_data = tokenize_records(train_records, tokenizer, flags["max_length"], "training data")
@@ -49,6 +55,7 @@ def run_training(
         data_params.update({f"{name}_truncated": data.truncated, f"{name}_dropped": data.dropped})
 
     tracking = {k: flags[k] for k in ("tracking_uri", "experiment_name", "run_name", "resume")}
+    PartialState().wait_for_everyone()  # every rank has checked the output directory before rank 0 writes to it
     with tracked_run(method, {**flags, **data_params}, output_dir, **tracking):
         meter = EnergyMeter()
         meter.start()
@@ -65,17 +72,14 @@ def run_training(
             callbacks.append(MlflowMetricsCallback())
         trainer = Trainer(
             model=model,
-            args=training_arguments(flags, **trainer_settings),
+            args=args,
             train_dataset=train_data.dataset,
             eval_dataset=dev_data.dataset,
             data_collator=padding_collator(tokenizer),
             processing_class=tokenizer,
             callbacks=callbacks,
         )
-        if checkpoint is None:
-            log.info("Evaluating the untouched model on the dev set (step 0)")
-            trainer.evaluate()
-        else:
+        if checkpoint is not None:
             log.info("Resuming from %s", checkpoint)
         result = trainer.train(resume_from_checkpoint=checkpoint)
         log.info("Saving the best model to %s", output_dir)
@@ -87,10 +91,23 @@ def run_training(
                 (output_dir / name).write_text(json.dumps(content, indent=2) + "\n")
             for path in filter(None, (output_dir / "energy.json", flags["energy_log"])):
                 energy.write(path)
-            eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+            # The loss of the checkpoint kept (log_history also holds the step-0 evaluation, which is no checkpoint)
             log_training_outputs(
-                output_dir, energy, best_eval_loss=min(eval_losses), runtime=result.metrics["train_runtime"]
+                output_dir, energy, best_eval_loss=trainer.state.best_metric, runtime=result.metrics["train_runtime"]
             )
+
+
+def cpu_settings(trainer_settings: dict) -> dict:
+    """On a host without CUDA, what the Trainer needs to train on the CPU, alone or as one job over gloo."""
+    if torch.cuda.is_available():
+        return trainer_settings
+    if not trainer_settings.get("deepspeed"):
+        # Without use_cpu, --bf16 is refused and processes started by a launcher each train alone.
+        return {"use_cpu": True, **trainer_settings}
+    # use_cpu=True breaks DeepSpeed's batch-size check: start the gloo group here and have the Trainer use it.
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    return {"accelerator_config": {"use_configured_state": True}, **trainer_settings}
 
 
 def check_output_dir(output_dir: Path, resume: bool) -> str | None:

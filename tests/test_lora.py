@@ -150,8 +150,8 @@ def test_resume_continues_into_the_same_run(tmp_path, tiny_qwen2, synthetic_data
     assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 20
 
 
-def test_llama_architecture_trains(tmp_path, tiny_llama, synthetic_dataset):
-    args = ["--base-model", tiny_llama, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out"]
+def test_llama_architecture_trains_in_bf16_on_cpu(tmp_path, tiny_llama, synthetic_dataset):
+    args = ["--base-model", tiny_llama, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out", "--bf16"]
     result = train(
         tmp_path, *args, "--max-steps", 20, "--eval-steps", 10, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"
     )
@@ -159,6 +159,7 @@ def test_llama_architecture_trains(tmp_path, tiny_llama, synthetic_dataset):
     client, run = only_run(tmp_path)
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "eval_loss")]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    assert run.data.params["bf16"] == "True"
 
 
 def test_non_empty_output_dir_is_refused(tmp_path, tiny_qwen2, synthetic_dataset):
