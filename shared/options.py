@@ -126,6 +126,12 @@ _COMMON_OPTIONS = [
         "--tracking-uri", help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else MLflow's local store."
     ),
     click.option(
+        "--system-metrics/--no-system-metrics",
+        default=True,
+        show_default=True,
+        help="Log MLflow's system metrics (CPU, memory, GPU) beside the training metrics.",
+    ),
+    click.option(
         "--resume",
         is_flag=True,
         help="Continue from the last checkpoint in OUTPUT_DIR, logging into the same MLflow run.",

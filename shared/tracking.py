@@ -7,8 +7,10 @@ Only the main process (rank 0) talks to MLflow. The run id is written into the o
 import json
 import logging
 import os
+import re
 import resource
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -42,6 +44,37 @@ def redact_uri(uri: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
+_SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|API_KEY|ACCESS_KEY", re.IGNORECASE)
+
+
+def scrub(value: str) -> str:
+    """A param or tag value with URI credentials and the values of secret-looking environment variables removed."""
+    value = " ".join(redact_uri(part) or part for part in value.split(" "))
+    for name, secret in os.environ.items():
+        if _SECRET_NAME.search(name) and len(secret) >= 6 and secret in value:
+            value = value.replace(secret, "***")
+    return value
+
+
+def run_tags(method: str, base_model: str) -> dict[str, str]:
+    """What identifies where and on what a run trained: method, model, code version, host, GPUs, job, container."""
+    import torch
+
+    tags = {"method": method, "base_model": base_model, "host": socket.gethostname()}
+    if torch.cuda.is_available():
+        tags["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    optional = {
+        # MLflow reads the commit from a git checkout itself; an image built without .git passes it in.
+        "mlflow.source.git.commit": "GIT_COMMIT",
+        "slurm_job_id": "SLURM_JOB_ID",
+        "slurm_array_job_id": "SLURM_ARRAY_JOB_ID",
+        "slurm_array_task_id": "SLURM_ARRAY_TASK_ID",
+        "container_image": "CONTAINER_IMAGE",
+    }
+    tags.update({tag: os.environ[var] for tag, var in optional.items() if os.environ.get(var)})
+    return {key: scrub(value) for key, value in tags.items()}
+
+
 def read_run_id(output_dir: Path) -> str:
     """The MLflow run id recorded in a training output directory."""
     path = Path(output_dir) / RUN_FILE
@@ -56,6 +89,8 @@ def tracked_run(
     params: dict,
     output_dir: Path,
     *,
+    base_model: str,
+    system_metrics: bool,
     tracking_uri: str | None,
     experiment_name: str,
     run_name: str | None,
@@ -71,8 +106,8 @@ def tracked_run(
     attached = resumed_id or os.environ.get("MLFLOW_RUN_ID")
     if not attached:
         mlflow.set_experiment(experiment_name)
-    name = None if attached else run_name or f"{method}-{datetime.now():%Y%m%d-%H%M%S}"
-    run = mlflow.start_run(run_id=resumed_id, run_name=name)
+    name = None if attached else scrub(run_name or f"{method}-{datetime.now():%Y%m%d-%H%M%S}")
+    run = mlflow.start_run(run_id=resumed_id, run_name=name, log_system_metrics=system_metrics)
     log.info("MLflow run %s in %s", run.info.run_id, redact_uri(mlflow.get_tracking_uri()))
     # SIGTERM (kill, a scheduler's stop) becomes SystemExit, so the run below ends FAILED instead of RUNNING.
     previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -80,7 +115,7 @@ def tracked_run(
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
         (Path(output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        mlflow.set_tag("method", method)
+        mlflow.set_tags(run_tags(method, base_model))
         log_params_once(params)
         yield run.info.run_id
     except BaseException:
@@ -102,7 +137,7 @@ def log_params_once(params: dict) -> None:
     existing = MlflowClient().get_run(run.info.run_id).data.params
     fresh = {}
     for key, value in params.items():
-        value = redact_uri(str(value)) if key == "tracking_uri" else str(value)
+        value = scrub(str(value))
         if key not in existing:
             fresh[key] = value
         elif existing[key] != value:

@@ -54,7 +54,9 @@ def run_training(
     for name, data in (("train", train_data), ("dev", dev_data)):
         data_params.update({f"{name}_truncated": data.truncated, f"{name}_dropped": data.dropped})
 
-    tracking = {k: flags[k] for k in ("tracking_uri", "experiment_name", "run_name", "resume")}
+    tracking = {
+        k: flags[k] for k in ("base_model", "system_metrics", "tracking_uri", "experiment_name", "run_name", "resume")
+    }
     PartialState().wait_for_everyone()  # every rank has checked the output directory before rank 0 writes to it
     with tracked_run(method, {**flags, **data_params}, output_dir, **tracking):
         meter = EnergyMeter()

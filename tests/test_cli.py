@@ -12,7 +12,7 @@ from shared.options import common_options
 
 # Flags MLproject cannot carry as `--flag {value}`: switches, and optional flags without a default.
 NOT_IN_MLPROJECT = {
-    "bf16", "fp16", "gradient_checkpointing", "resume",
+    "bf16", "fp16", "gradient_checkpointing", "resume", "system_metrics",
     "dev_dataset", "cache_dir", "energy_log", "eval_steps", "run_name", "tracking_uri",
 }  # fmt: skip
 

@@ -31,7 +31,7 @@ def trained(tmp_path_factory, tiny_qwen2, synthetic_dataset):
     out = cwd / "out"
     result = train(
         cwd, "--base-model", tiny_qwen2, "--dataset", synthetic_dataset, "--output-dir", out,
-        "--max-steps", 80, "--eval-steps", 20,
+        "--max-steps", 80, "--eval-steps", 20, env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = only_run(cwd)
@@ -74,6 +74,7 @@ def test_run_holds_step_metrics_once_each(trained):
     assert metrics["train_runtime"] > 0
     assert "energy_joules" not in metrics
     assert "NVML" in trained["run"].data.tags["energy_unavailable"]
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
 
 
 def test_output_dir_holds_the_best_adapter_and_reports(trained):
@@ -153,13 +154,15 @@ def test_resume_continues_into_the_same_run(tmp_path, tiny_qwen2, synthetic_data
 def test_llama_architecture_trains_in_bf16_on_cpu(tmp_path, tiny_llama, synthetic_dataset):
     args = ["--base-model", tiny_llama, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out", "--bf16"]
     result = train(
-        tmp_path, *args, "--max-steps", 20, "--eval-steps", 10, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"
-    )
+        tmp_path, *args, "--max-steps", 20, "--eval-steps", 10, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--no-system-metrics", env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = only_run(tmp_path)
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "eval_loss")]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert run.data.params["bf16"] == "True"
+    assert not any(key.startswith("system/") for key in run.data.metrics), "--no-system-metrics"
 
 
 def test_non_empty_output_dir_is_refused(tmp_path, tiny_qwen2, synthetic_dataset):

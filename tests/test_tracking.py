@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from shared.tracking import RUN_FILE, MlflowMetricsCallback, read_run_id, redact_uri, tracked_run
+from shared.tracking import RUN_FILE, MlflowMetricsCallback, read_run_id, redact_uri, run_tags, tracked_run
 
 
 @pytest.fixture
@@ -19,14 +19,16 @@ def store(tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def open_run(store, output_dir, resume=False, params=None):
+def open_run(store, output_dir, resume=False, params=None, run_name=None):
     return tracked_run(
         "lora",
         params or {"learning_rate": 0.001},
         output_dir,
+        base_model="models/tiny",
+        system_metrics=False,
         tracking_uri=store,
         experiment_name="tests",
-        run_name=None,
+        run_name=run_name,
         resume=resume,
     )
 
@@ -116,3 +118,34 @@ def test_attaches_to_the_run_mlflow_run_created(store, tmp_path, monkeypatch):
     run = client.get_run(created)
     assert run.data.params == {"learning_rate": "1e-3", "seed": "42"}
     assert run.data.tags["method"] == "lora" and run.info.status == "FINISHED"
+
+
+def test_tags_say_where_and_on_what_a_run_trained(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("CONTAINER_IMAGE", "peft-workbench:0.1.0")
+    monkeypatch.setenv("GIT_COMMIT", "0123abcd")
+    tags = run_tags("qlora", "Qwen/Qwen2.5-Coder-1.5B-Instruct")
+    assert tags["method"] == "qlora" and tags["base_model"] == "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+    assert tags["slurm_job_id"] == "4242" and tags["slurm_array_task_id"] == "3"
+    assert tags["container_image"] == "peft-workbench:0.1.0" and tags["mlflow.source.git.commit"] == "0123abcd"
+    assert tags["host"] and "gpus" not in tags  # no GPU on this machine
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert "slurm_job_id" not in run_tags("lora", "m")
+
+
+def test_secrets_never_reach_params_or_tags(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefSECRET123")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pa55word-xyz")
+    params = {
+        "tracking_uri": "https://alice:pa55word-xyz@mlflow.example.com",
+        "base_model": "https://user:hf_abcdefSECRET123@hub.example.com/org/model",
+        "note": "token hf_abcdefSECRET123 inline",
+    }
+    with open_run(store, tmp_path / "out", params=params, run_name="run-hf_abcdefSECRET123") as run_id:
+        pass
+    run = MlflowClient(store).get_run(run_id)
+    stored = json.dumps([run.data.params, run.data.tags, run.info.run_name])
+    assert "hf_abcdefSECRET123" not in stored and "pa55word-xyz" not in stored and "alice" not in stored
+    assert run.data.params["tracking_uri"] == "https://mlflow.example.com"
+    assert run.data.params["note"] == "token *** inline"
