@@ -199,18 +199,24 @@ class MlflowMetricsCallback(TrainerCallback):
         mlflow.log_metrics(numbers, step=state.global_step)
 
 
-def log_training_outputs(output_dir: Path, energy, *, best_eval_loss: float, runtime: float) -> None:
+def log_training_outputs(output_dir: Path, energy, *, best_eval_loss: float, runtime: float, tokens: int) -> None:
     """End-of-run metrics, and the saved model, energy report and trainer state as artifacts.
 
     Adapters are uploaded whole. A full model's weights (gigabytes for a real model) stay in the output
     directory, whose path the run records; its config and tokenizer are uploaded.
     """
+    from shared.energy import joules_per_1k_tokens
+
     metrics = {"best_eval_loss": best_eval_loss, "train_runtime": runtime}
     if energy.available:
-        metrics["energy_joules"] = energy.joules
+        metrics.update(energy_joules=energy.joules, avg_power_watts=energy.avg_power_watts)
+        metrics["joules_per_1k_tokens"] = joules_per_1k_tokens(energy, tokens)
+        log_power_series(energy.power_samples, energy.seconds)
     else:
         mlflow.set_tag("energy_unavailable", energy.reason)
-    mlflow.log_metrics(metrics)
+    if energy.cpu_joules is not None:
+        metrics["cpu_energy_joules"] = energy.cpu_joules
+    mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
     is_adapter = (Path(output_dir) / "adapter_config.json").is_file()
     if not is_adapter:
         mlflow.set_tag("model_weights_path", str(Path(output_dir).resolve()))
@@ -220,6 +226,16 @@ def log_training_outputs(output_dir: Path, energy, *, best_eval_loss: float, run
         elif path.is_file() and path.name not in (RUN_FILE, "training_args.bin"):
             if is_adapter or not _is_full_weights(path):
                 mlflow.log_artifact(str(path), artifact_path="model")
+
+
+def log_power_series(samples: list[list[float]], duration: float) -> None:
+    """Total GPU power over the job as the metric gpu_power_watts, its step the second since the start."""
+    from mlflow.entities import Metric
+
+    run_id, started_ms = mlflow.active_run().info.run_id, (time.time() - duration) * 1000
+    points = [Metric("gpu_power_watts", watts, int(started_ms + 1000 * t), int(t)) for t, watts in samples]
+    for start in range(0, len(points), 1000):  # the tracking API takes at most 1000 metrics per call
+        MlflowClient().log_batch(run_id, metrics=points[start : start + 1000])
 
 
 def _is_full_weights(path: Path) -> bool:

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from shared.data import file_sha256, padding_collator, read_records, split_off_dev, tokenize_records
-from shared.energy import EnergyMeter
+from shared.energy import EnergyMeter, EnergyReport, sum_reports
 from shared.modeling import count_parameters, load_tokenizer
 from shared.stopping import RelativeEarlyStopping
 from shared.tracking import MlflowMetricsCallback, is_main_process, log_params_once, log_training_outputs, tracked_run
@@ -59,8 +59,9 @@ def run_training(
     }
     PartialState().wait_for_everyone()  # every rank has checked the output directory before rank 0 writes to it
     with tracked_run(method, {**flags, **data_params}, output_dir, **tracking):
-        meter = EnergyMeter()
-        meter.start()
+        meter = EnergyMeter() if int(os.environ.get("LOCAL_RANK", "0")) == 0 else None  # one meter per node
+        if meter:
+            meter.start()
         set_seed(flags["seed"])
         model = build_model(flags)
         counts = count_parameters(model)
@@ -87,7 +88,7 @@ def run_training(
         log.info("Saving the best model to %s", output_dir)
         trainer.save_model(str(output_dir))
         trainer.save_state()
-        energy = meter.stop()
+        energy = job_energy(meter)
         if is_main_process():
             for name, content in (extra_files or {}).items():
                 (output_dir / name).write_text(json.dumps(content, indent=2) + "\n")
@@ -95,8 +96,22 @@ def run_training(
                 energy.write(path)
             # The loss of the checkpoint kept (log_history also holds the step-0 evaluation, which is no checkpoint)
             log_training_outputs(
-                output_dir, energy, best_eval_loss=trainer.state.best_metric, runtime=result.metrics["train_runtime"]
+                output_dir,
+                energy,
+                best_eval_loss=trainer.state.best_metric,
+                runtime=result.metrics["train_runtime"],
+                tokens=trainer.state.num_input_tokens_seen,
             )
+
+
+def job_energy(meter: EnergyMeter | None) -> EnergyReport | None:
+    """The job's energy: this node's report, or on several nodes every node's report summed (on all ranks)."""
+    report = meter.stop() if meter else None
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return report
+    reports = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(reports, report)
+    return sum_reports([r for r in reports if r is not None])
 
 
 def cpu_settings(trainer_settings: dict) -> dict:

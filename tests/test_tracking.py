@@ -7,7 +7,16 @@ import pytest
 from mlflow import MlflowClient
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from shared.tracking import RUN_FILE, MlflowMetricsCallback, read_run_id, redact_uri, run_tags, tracked_run
+from shared.energy import EnergyReport
+from shared.tracking import (
+    RUN_FILE,
+    MlflowMetricsCallback,
+    log_training_outputs,
+    read_run_id,
+    redact_uri,
+    run_tags,
+    tracked_run,
+)
 
 
 @pytest.fixture
@@ -149,3 +158,23 @@ def test_secrets_never_reach_params_or_tags(store, tmp_path, monkeypatch):
     assert "hf_abcdefSECRET123" not in stored and "pa55word-xyz" not in stored and "alice" not in stored
     assert run.data.params["tracking_uri"] == "https://mlflow.example.com"
     assert run.data.params["note"] == "token *** inline"
+
+
+def test_measured_energy_becomes_metrics_and_a_power_series(store, tmp_path):
+    """The report is built by hand: no GPU exists on CI to measure one."""
+    out = tmp_path / "out"
+    energy = EnergyReport(
+        True, "nvml_power_sampling", 600.0, 4.0, power_samples=[[0.0, 140.0], [2.0, 160.0], [4.0, 150.0]]
+    )
+    energy.cpu_joules = 80.0
+    with open_run(store, out) as run_id:
+        (out / "adapter_config.json").write_text("{}")
+        energy.write(out / "energy.json")
+        log_training_outputs(out, energy, best_eval_loss=1.5, runtime=4.0, tokens=30_000)
+    client = MlflowClient(store)
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["energy_joules"] == 600.0 and metrics["avg_power_watts"] == 150.0
+    assert metrics["joules_per_1k_tokens"] == 20.0 and metrics["cpu_energy_joules"] == 80.0
+    series = [(m.step, m.value) for m in client.get_metric_history(run_id, "gpu_power_watts")]
+    assert sorted(series) == [(0, 140.0), (2, 160.0), (4, 150.0)]
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"energy.json", "model"}
