@@ -11,7 +11,6 @@ import time
 import types
 
 import click
-import torch
 
 from shared.energy import DEFAULT_INTERVAL, EnergyMeter
 
@@ -47,6 +46,8 @@ def real_nvml_works() -> bool:
 
 
 def run_steps(steps: int, size: int) -> float:
+    import torch
+
     a, b = torch.randn(size, size), torch.randn(size, size)
     begin = time.perf_counter()
     for _ in range(steps):
@@ -83,6 +84,8 @@ def tick_cost_us(ticks: int) -> float:
 @click.option("--fake-gpus", default=1, show_default=True, help="GPUs the fake NVML pretends to have.")
 @click.option("--threads", default=1, show_default=True, help="torch intra-op threads.")
 def main(steps: int, size: int, repeats: int, stress_interval: float, fake_gpus: int, threads: int) -> None:
+    import torch
+
     torch.set_num_threads(threads)
     if real_nvml_works():
         click.echo("NVML: real (GPU present)")

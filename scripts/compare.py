@@ -1,0 +1,204 @@
+"""Compare the training runs of one MLflow experiment head to head: a table, a CSV and an energy-vs-metric plot.
+
+Training runs are those tagged `method`; the summary runs this script logs (tag `summary=true`) are skipped.
+Any metric name works as `--metric`, including scores an evaluation step logs into the runs later (say
+`pass_at_1`: MLflow refuses '@' in metric names).
+"""
+
+import csv
+import re
+import statistics
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+MISSING = "missing"
+# (row key, table header); the chosen metric is appended when it is not one of these.
+COLUMNS = [
+    ("run_name", "run"),
+    ("method", "method"),
+    ("trainable_percent", "trainable %"),
+    ("train_runtime", "runtime s"),
+    ("peak_memory_mb", "peak memory MB"),
+    ("energy_joules", "energy J"),
+    ("tokens_per_second", "tokens/s"),
+    ("best_eval_loss", "best dev loss"),
+]
+
+
+def columns(metric: str) -> list[tuple[str, str]]:
+    known = {key for key, _ in COLUMNS}
+    return COLUMNS if metric in known else [*COLUMNS, (metric, metric)]
+
+
+def training_runs(client, experiment_id: str) -> list:
+    """Every run of the experiment that trained a method, oldest first; summary runs are left out."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token, order_by=["start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return [r for r in runs if "method" in r.data.tags and r.data.tags.get("summary") != "true"]
+
+
+def history(client, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def run_row(client, run, metric: str) -> dict:
+    """One table row; a value the run never logged is None."""
+    metrics, params = run.data.metrics, run.data.params
+    memory = history(client, run.info.run_id, "peak_memory_mb")
+    speeds = history(client, run.info.run_id, "tokens_per_second")
+    percent = params.get("trainable_percent")
+    row = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "method": run.data.tags["method"],
+        "trainable_percent": float(percent) if percent is not None else None,
+        "train_runtime": metrics.get("train_runtime"),
+        "peak_memory_mb": max(memory) if memory else metrics.get("peak_memory_mb"),
+        "energy_joules": metrics.get("energy_joules"),
+        "tokens_per_second": statistics.median(speeds) if speeds else metrics.get("tokens_per_second"),
+        "best_eval_loss": metrics.get("best_eval_loss"),
+    }
+    row.setdefault(metric, metrics.get(metric))
+    return row
+
+
+def collect_rows(client, experiment_id: str, metric: str) -> list[dict]:
+    return [run_row(client, run, metric) for run in training_runs(client, experiment_id)]
+
+
+def plot_points(rows: list[dict], metric: str) -> list[tuple[str, float, float]]:
+    """(method, energy J, metric) for each run that has both numbers."""
+    return [
+        (row["method"], row["energy_joules"], row[metric])
+        for row in rows
+        if row["energy_joules"] is not None and row.get(metric) is not None
+    ]
+
+
+def show(value) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def align(column: int, cell: str, width: int) -> str:
+    return cell.ljust(width) if column < 2 else cell.rjust(width)  # run and method left, numbers right
+
+
+def format_table(rows: list[dict], metric: str) -> str:
+    cols = columns(metric)
+    cells = [[header for _, header in cols]] + [[show(row.get(key)) for key, _ in cols] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cols))]
+    lines = ["  ".join(align(i, c, w) for i, (c, w) in enumerate(zip(line, widths, strict=True))) for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], metric: str, path: Path) -> None:
+    keys = ["run_id", *(key for key, _ in columns(metric))]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({k: ("" if row.get(k) is None else row[k]) for k in keys} for row in rows)
+
+
+def plot_title(rows: list[dict], metric: str) -> str:
+    if not plot_points(rows, metric):
+        if all(row["energy_joules"] is None for row in rows):
+            return f"Energy vs {metric}: no run has energy"
+        return f"Energy vs {metric}: no run has both energy and {metric}"
+    return f"Energy vs {metric}"
+
+
+def write_plot(rows: list[dict], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = plot_points(rows, metric)
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    for method, energy, value in points:
+        axes.scatter(energy, value)
+        axes.annotate(method, (energy, value), textcoords="offset points", xytext=(5, 5))
+    axes.set_xlabel("energy (J)")
+    axes.set_ylabel(metric)
+    title = plot_title(rows, metric)
+    if not points:
+        axes.text(0.5, 0.5, title.split(": ", 1)[1], ha="center", va="center", transform=axes.transAxes)
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)
+
+
+def plot_name(metric: str) -> str:
+    return "energy_vs_" + re.sub(r"[^\w.@-]", "_", metric) + ".png"  # metric names may hold '/', ':' and spaces
+
+
+def log_summary(client, experiment_id: str, metric: str, files: list[Path]) -> str:
+    run = client.create_run(experiment_id, run_name=f"compare-{metric}", tags={"summary": "true"})
+    try:
+        client.log_param(run.info.run_id, "metric", metric)
+        for path in files:
+            client.log_artifact(run.info.run_id, str(path))
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def without_credentials(uri: str) -> str:
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
+
+def find_experiment(client, name: str):
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise click.ClickException(
+            f"No experiment named {name!r} at tracking URI {without_credentials(client.tracking_uri)}"
+        )
+    return experiment
+
+
+@click.command()
+@click.option("--experiment-name", required=True, help="MLflow experiment whose training runs to compare.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI. Default: MLflow's own.")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--metric",
+    default="best_eval_loss",
+    show_default=True,
+    help="Metric to plot against energy: eval_loss, best_eval_loss, or any other a run logged (an evaluation score).",
+)
+def main(experiment_name: str, tracking_uri: str | None, output_dir: Path, metric: str) -> None:
+    """Tabulate an experiment's training runs, plot energy against --metric, and log both as a summary run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = find_experiment(client, experiment_name)
+    rows = collect_rows(client, experiment.experiment_id, metric)
+    if not rows:
+        raise click.ClickException(f"Experiment {experiment_name!r} holds no training runs (none tagged 'method')")
+    click.echo(format_table(rows, metric) + "\n")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table, plot = output_dir / "comparison.csv", output_dir / plot_name(metric)
+    write_csv(rows, metric, table)
+    write_plot(rows, metric, plot)
+    run_id = log_summary(client, experiment.experiment_id, metric, [table, plot])
+    click.echo(f"Wrote {table} and {plot}; logged to summary run {run_id}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""compare.py: two methods train into a real MLflow server, then get tabulated, plotted and logged as a summary."""
+
+import csv
+import filecmp
+import time
+
+import matplotlib.image
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+
+from conftest import FAST, load_command, run_script
+from mlflow_server import mlflow_server  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+METHODS = ("lora", "bitfit")
+compare = load_command("scripts/compare.py")
+compare_module = compare.callback.__globals__  # the script's functions, for unit tests without a CLI
+
+
+def assert_real_png(path):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert matplotlib.image.imread(path).ndim == 3
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, mlflow_server, tiny_qwen2, synthetic_dataset):  # noqa: F811
+    """LoRA and BitFit trained into the server's experiment 'cmp', then compare.py run against it."""
+    cwd = tmp_path_factory.mktemp("compare")
+    timings = {}
+    for method in METHODS:
+        start = time.monotonic()
+        result = run_script(
+            f"methods/{method}/train.py", "--base-model", tiny_qwen2, "--dataset", synthetic_dataset,
+            "--output-dir", cwd / method, "--tracking-uri", mlflow_server, "--experiment-name", "cmp",
+            "--run-name", f"{method}-cmp", *FAST, "--max-steps", 6, "--eval-steps", 3, "--logging-steps", 3,
+            cwd=cwd,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        timings[method] = time.monotonic() - start
+    start = time.monotonic()
+    result = run_script(
+        "scripts/compare.py", "--tracking-uri", mlflow_server, "--experiment-name", "cmp", "--output-dir", cwd / "cmp",
+        cwd=cwd,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    timings["compare"] = time.monotonic() - start
+    print(f"\n{result.stdout}\ntimings (s): {timings}")
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("cmp")
+    runs = {r.data.tags["method"]: r for r in client.search_runs([experiment.experiment_id], "tags.method != ''")}
+    return {"cwd": cwd, "out": cwd / "cmp", "stdout": result.stdout, "client": client, "runs": runs, "exp": experiment}
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """The printed table's data rows by method (cells split on whitespace: run names and numbers hold none)."""
+    lines = stdout.split("\n\n")[0].splitlines()
+    assert "energy J" in lines[0] and set(lines[1].replace(" ", "")) == {"-"}
+    return {cells[1]: cells for cells in (line.split() for line in lines[2:])}
+
+
+def test_table_lists_both_methods_with_energy_missing(compared):
+    rows = table_rows(compared["stdout"])
+    assert set(rows) == set(METHODS)
+    for method, cells in rows.items():
+        assert cells[0] == f"{method}-cmp"
+        assert cells[5] == "missing", "no GPU here, so no energy was measured"
+        assert float(cells[7]) == pytest.approx(compared["runs"][method].data.metrics["best_eval_loss"], rel=1e-3)
+
+
+def test_csv_holds_each_runs_numbers(compared):
+    with (compared["out"] / "comparison.csv").open() as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == set(METHODS)
+    for method, row in rows.items():
+        run = compared["runs"][method]
+        assert row["run_id"] == run.info.run_id
+        assert float(row["trainable_percent"]) == pytest.approx(float(run.data.params["trainable_percent"]))
+        assert float(row["best_eval_loss"]) == run.data.metrics["best_eval_loss"]
+        assert float(row["train_runtime"]) == run.data.metrics["train_runtime"]
+        assert float(row["tokens_per_second"]) > 0 and float(row["peak_memory_mb"]) > 0
+        assert row["energy_joules"] == ""
+    assert float(rows["lora"]["trainable_percent"]) != float(rows["bitfit"]["trainable_percent"])
+
+
+def test_plot_is_a_real_png(compared):
+    assert_real_png(compared["out"] / "energy_vs_best_eval_loss.png")
+
+
+def test_summary_run_serves_both_files_through_the_server(compared, tmp_path):
+    client, experiment = compared["client"], compared["exp"]
+    (summary,) = client.search_runs([experiment.experiment_id], "tags.summary = 'true'")
+    assert summary.info.run_name == "compare-best_eval_loss" and "method" not in summary.data.tags
+    assert summary.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts must go through the server"
+    names = {"comparison.csv", "energy_vs_best_eval_loss.png"}
+    assert {a.path for a in client.list_artifacts(summary.info.run_id)} == names
+    for name in names:
+        downloaded = client.download_artifacts(summary.info.run_id, name, str(tmp_path))
+        assert filecmp.cmp(downloaded, compared["out"] / name, shallow=False), name
+
+
+def test_training_run_artifacts_download_through_the_server(compared, tmp_path):
+    run = compared["runs"]["lora"]
+    downloaded = compared["client"].download_artifacts(run.info.run_id, "energy.json", str(tmp_path))
+    assert filecmp.cmp(downloaded, compared["cwd"] / "lora" / "energy.json", shallow=False)
+
+
+# Fast: a sqlite store in a temporary folder, no server, no training.
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+
+
+def new_experiment(store: str, name: str, tmp_path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(store)
+    return client, client.create_experiment(name, artifact_location=(tmp_path / "artifacts").as_uri())
+
+
+def log_run(client, experiment_id, method: str, metrics: dict, percent: float) -> str:
+    run = client.create_run(experiment_id, run_name=f"{method}-synthetic", tags={"method": method})
+    client.log_param(run.info.run_id, "trainable_percent", percent)
+    for key, value in metrics.items():
+        client.log_metric(run.info.run_id, key, value)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def invoke(store: str, *args: str):
+    return CliRunner().invoke(compare, ["--tracking-uri", store, *args])
+
+
+def test_unknown_experiment_is_a_clear_error(store, tmp_path):
+    result = invoke(store, "--experiment-name", "nope", "--output-dir", str(tmp_path))
+    assert result.exit_code != 0
+    assert "No experiment named 'nope'" in result.output
+
+
+def test_experiment_without_training_runs_is_a_clear_error(store, tmp_path):
+    client, experiment_id = new_experiment(store, "empty", tmp_path)
+    client.create_run(experiment_id, tags={"summary": "true"})
+    result = invoke(store, "--experiment-name", "empty", "--output-dir", str(tmp_path))
+    assert result.exit_code != 0
+    assert "holds no training runs" in result.output
+
+
+def test_run_with_energy_becomes_a_plot_point(store, tmp_path):
+    client, experiment_id = new_experiment(store, "energy", tmp_path)
+    log_run(client, experiment_id, "lora", {"energy_joules": 1234.5, "best_eval_loss": 0.7, "pass_at_1": 0.25}, 0.4)
+    log_run(client, experiment_id, "bitfit", {"best_eval_loss": 0.9, "pass_at_1": 0.125}, 0.1)
+    rows = compare_module["collect_rows"](client, experiment_id, "pass_at_1")
+    assert [row["method"] for row in rows] == ["lora", "bitfit"]
+    assert compare_module["plot_points"](rows, "pass_at_1") == [("lora", 1234.5, 0.25)]
+    assert "pass_at_1" in compare_module["format_table"](rows, "pass_at_1").splitlines()[0]
+
+    out = tmp_path / "out"
+    result = invoke(store, "--experiment-name", "energy", "--output-dir", str(out), "--metric", "pass_at_1")
+    assert result.exit_code == 0, result.output
+    with (out / "comparison.csv").open() as handle:
+        csv_rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert csv_rows["lora"]["energy_joules"] == "1234.5" and csv_rows["bitfit"]["energy_joules"] == ""
+    assert csv_rows["lora"]["pass_at_1"] == "0.25"
+    assert_real_png(out / "energy_vs_pass_at_1.png")
+    rerun = compare_module["collect_rows"](client, experiment_id, "pass_at_1")
+    assert len(rerun) == 2, "the summary run just logged is not a training run"
+
+
+def test_plot_file_name_is_safe_for_any_metric_name():
+    assert compare_module["plot_name"]("humaneval/pass_at_1") == "energy_vs_humaneval_pass_at_1.png"
+    assert compare_module["plot_name"]("code eval:pass_at_1") == "energy_vs_code_eval_pass_at_1.png"
+
+
+def test_plot_without_any_energy_says_so(tmp_path):
+    rows = [{"method": "lora", "energy_joules": None, "eval_loss": 1.5}]
+    assert compare_module["plot_title"](rows, "eval_loss") == "Energy vs eval_loss: no run has energy"
+    rows.append({"method": "bitfit", "energy_joules": 10.0, "eval_loss": None})
+    assert compare_module["plot_title"](rows, "eval_loss").endswith("no run has both energy and eval_loss")
+    path = tmp_path / "plot.png"
+    compare_module["write_plot"](rows, "eval_loss", path)
+    assert_real_png(path)
