@@ -9,9 +9,10 @@ import csv
 import re
 import statistics
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import click
+
+from shared.redaction import redact_uri
 
 MISSING = "missing"
 # (row key, table header); the chosen metric is appended when it is not one of these.
@@ -158,17 +159,10 @@ def log_summary(client, experiment_id: str, metric: str, files: list[Path]) -> s
     return run.info.run_id
 
 
-def without_credentials(uri: str) -> str:
-    parts = urlsplit(uri)
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
-
-
 def find_experiment(client, name: str):
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        raise click.ClickException(
-            f"No experiment named {name!r} at tracking URI {without_credentials(client.tracking_uri)}"
-        )
+        raise click.ClickException(f"No experiment named {name!r} at tracking URI {redact_uri(client.tracking_uri)}")
     return experiment
 
 

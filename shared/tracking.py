@@ -7,7 +7,6 @@ Only the main process (rank 0) talks to MLflow. The run id is written into the o
 import json
 import logging
 import os
-import re
 import resource
 import signal
 import socket
@@ -17,12 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import mlflow
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
+
+from shared.redaction import redact_uri, scrub
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +32,6 @@ ROOT_ARTIFACTS = ("energy.json", "trainer_state.json")
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def redact_uri(uri: str | None) -> str | None:
-    """Drop any user:password from a URI so it never reaches params, tags or files."""
-    if not uri or "@" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    if not parts.password and not parts.username:
-        return uri
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-_SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|API_KEY|ACCESS_KEY", re.IGNORECASE)
-
-
-def scrub(value: str) -> str:
-    """A param or tag value with URI credentials and the values of secret-looking environment variables removed."""
-    value = " ".join(redact_uri(part) or part for part in value.split(" "))
-    for name, secret in os.environ.items():
-        if _SECRET_NAME.search(name) and len(secret) >= 6 and secret in value:
-            value = value.replace(secret, "***")
-    return value
 
 
 def run_tags(method: str, base_model: str) -> dict[str, str]:
