@@ -29,25 +29,30 @@ class DataError(click.ClickException):
 
 def read_records(path: Path) -> list[dict[str, str]]:
     """Read a JSON list or JSONL file of {input, output} records, refusing anything else with a clear error."""
+    records = read_json_rows(path)
+    if not records:
+        raise DataError(f"{path}: the dataset is empty")
+    for index, record in enumerate(records):
+        validate_record(path, index, record)
+    return records
+
+
+def read_json_rows(path: Path) -> list[Any]:
+    """The rows of a JSON list or a JSONL file (by suffix), with errors naming the file and the line."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
     if path.suffix == ".jsonl":
-        records = _parse_jsonl(path, text)
-    else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
-        if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON list of records, found a {type(records).__name__}")
-    if not records:
-        raise DataError(f"{path}: the dataset is empty")
-    for index, record in enumerate(records):
-        _validate(path, index, record)
-    return records
+        return _parse_jsonl(path, text)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of records, found a {type(rows).__name__}")
+    return rows
 
 
 def _parse_jsonl(path: Path, text: str) -> list[Any]:
@@ -62,7 +67,8 @@ def _parse_jsonl(path: Path, text: str) -> list[Any]:
     return records
 
 
-def _validate(path: Path, index: int, record: Any) -> None:
+def validate_record(path: Path | str, index: int, record: Any) -> None:
+    """Refuse a record that is not an object with string `input` and `output`, naming file, record and field."""
     if not isinstance(record, dict):
         raise DataError(
             f"{path}: record {index} is a {type(record).__name__}, expected an object with {REQUIRED_FIELDS}"

@@ -1,0 +1,89 @@
+"""Where preparation reads source rows (local JSON/JSONL/Parquet files, cached Hugging Face datasets) and how
+it writes training records (atomically, so a failure leaves no partial file).
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import click
+
+from shared.data import DataError, read_json_rows
+
+LOCAL_SUFFIXES = {".json", ".jsonl", ".parquet"}
+
+
+def load_rows(dataset_id: str, split: str) -> list[dict]:
+    """Rows of a local JSON/JSONL/Parquet file or of a cached Hugging Face dataset; `split` may slice."""
+    path = Path(dataset_id)
+    if path.suffix in LOCAL_SUFFIXES or path.exists():
+        return slice_rows(_read_local(path), split, str(path))
+    return _load_cached(dataset_id, split)
+
+
+def slice_rows(rows: list, split: str, source: str) -> list:
+    """Apply the slice of a split spec like 'train[:5000]' or 'train[10%:]'; the split name itself is ignored."""
+    from datasets import ReadInstruction
+
+    try:
+        instruction = ReadInstruction.from_spec(split)
+        absolutes = instruction.to_absolute({_split_name(split): len(rows)})
+    except (ValueError, AssertionError, KeyError) as err:
+        raise click.BadParameter(f"{split!r} is not a split spec such as 'train' or 'train[:100]' ({err})") from None
+    if len(absolutes) != 1:
+        raise click.BadParameter(f"{split!r}: a local file has one split; combining splits is not supported")
+    rows = rows[absolutes[0].from_ : absolutes[0].to]
+    if not rows:
+        raise DataError(f"{source}: split {split!r} selects no records")
+    return rows
+
+
+def _split_name(split: str) -> str:
+    return split.split("[", 1)[0].strip()
+
+
+def _read_local(path: Path) -> list[dict]:
+    # Not datasets' json loader: Arrow refuses columns whose type varies between records (TAT-QA answers are
+    # strings, numbers or lists) and would fill missing fields with null.
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    return read_json_rows(path)
+
+
+def _load_cached(dataset_id: str, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(dataset_id, split=split)
+    except ValueError as err:
+        if "split" in str(err).lower():
+            raise DataError(f"{dataset_id}: bad split {split!r}: {err}") from None
+        raise DataError(f"{dataset_id}: {err}") from None
+    except Exception as err:  # offline misses surface as several exception types across datasets versions
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"dataset {dataset_id!r} is not in the local cache and the hub cannot be reached; download it once with "
+            f"network access, or pass a local JSON/JSONL/Parquet file ({type(err).__name__}: {first_line})"
+        ) from None
+    return dataset.to_list()
+
+
+def write_records(records: Iterable[dict[str, str]], output: Path) -> None:
+    """Write a JSON list atomically: a temporary file in the same folder, renamed into place."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(list(records), stream, indent=1, ensure_ascii=False)
+            stream.write("\n")
+        os.replace(temp, output)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

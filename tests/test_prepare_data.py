@@ -1,0 +1,149 @@
+"""scripts/prepare_data.py and scripts/prepare_balanced_data.py on the small samples in tests/data."""
+
+import json
+from pathlib import Path
+
+from conftest import run_script
+from shared.data import read_records
+
+DATA = Path(__file__).resolve().parent / "data"
+PREPARE = "scripts/prepare_data.py"
+BALANCED = "scripts/prepare_balanced_data.py"
+
+
+def prepare(tmp_path: Path, *args, name: str = "out.json") -> list[dict[str, str]]:
+    output = tmp_path / name
+    result = run_script(PREPARE, *args, "--output", output)
+    assert result.returncode == 0, result.stderr
+    return read_records(output)
+
+
+def test_io_maps_the_named_fields(tmp_path):
+    io = ["--format", "io", "--input-field", "question", "--output-field", "answer"]
+    records = prepare(tmp_path, "--dataset-id", DATA / "io_qa.jsonl", *io)
+    assert records[0] == {"input": "What is the capital of France?", "output": "Paris"}
+    assert len(records) == 3
+
+
+def test_alpaca_appends_the_input_only_when_there_is_one(tmp_path):
+    records = prepare(tmp_path, "--dataset-id", DATA / "alpaca.json", "--format", "alpaca")
+    assert records[0]["input"] == "Give three tips for staying healthy."
+    assert records[1] == {"input": "Translate the sentence into French.\n\nThe cat sleeps.", "output": "Le chat dort."}
+
+
+def test_humaneval_with_and_without_metadata_differ_only_by_the_comment_lines(tmp_path):
+    plain = prepare(tmp_path, "--format", "humaneval", name="plain.json")
+    meta = prepare(tmp_path, "--format", "humaneval", "--with-metadata", DATA / "humaneval_metadata.json")
+    assert len(plain) == len(meta) == 164
+    assert meta[0]["input"].startswith(
+        "# @function has_close_elements\n# @algorithm nested-loop\n# @time O(n^2)\n# @space O(1)\n"
+    )
+    assert "# @" not in plain[0]["input"]
+    stripped = ["".join(line for line in r["input"].splitlines(True) if not line.startswith("# @")) for r in meta]
+    assert stripped == [r["input"] for r in plain]
+    assert [r["output"] for r in meta] == [r["output"] for r in plain]
+    assert meta[2] == plain[2]  # no metadata for this task: untouched
+
+
+def paraphrase(tmp_path: Path, *flags) -> list[dict[str, str]]:
+    return prepare(tmp_path, "--dataset-id", DATA / "paraphrase.json", "--format", "paraphrase", *flags)
+
+
+def test_paraphrase_keeps_the_originals_and_the_chosen_buckets(tmp_path):
+    records = paraphrase(tmp_path, "--buckets", "1-2")
+    assert [r["input"].split("\n")[0] for r in records] == [
+        "Name the largest planet in the solar system.",
+        "which planet's the biggest one around here?",
+        "Kindly identify the planet of greatest size in our solar system.",
+        "Convert the temperature to Fahrenheit.",
+        "To Fahrenheit:",
+    ]
+    assert records[4] == {"input": "To Fahrenheit:\n\n100 degrees Celsius", "output": "212 degrees Fahrenheit"}
+    assert len(paraphrase(tmp_path, "--buckets", "1,3")) == 6
+    assert len(paraphrase(tmp_path)) == 7
+
+
+def test_paraphrase_answer_replaces_the_original_output(tmp_path):
+    records = paraphrase(tmp_path, "--buckets", "1", "--use-paraphrase-answer")
+    assert [r["output"] for r in records] == ["Jupiter", "That's Jupiter!", "212 degrees Fahrenheit", "212 F"]
+
+
+def test_paraphrase_logs_counts_in_words(tmp_path):
+    output = tmp_path / "p.json"
+    result = run_script(PREPARE, "--dataset-id", DATA / "paraphrase.json", "--format", "paraphrase", "--output", output)
+    assert f"Wrote 7 records (2 originals, 5 paraphrases) to {output}" in result.stdout
+
+
+def test_tatqa_one_record_per_question_with_table_paragraphs_and_derivation(tmp_path):
+    records = prepare(tmp_path, "--dataset-id", DATA / "tatqa.json", "--format", "tatqa")
+    assert len(records) == 3
+    assert " | 2019 | 2018\nRevenue | 5,310 | 4,825\n" in records[0]["input"]
+    assert "Revenue grew on higher subscription sales" in records[0]["input"]
+    assert records[0]["input"].endswith("Question: What was the change in revenue from 2018 to 2019?")
+    assert records[0]["output"] == "485 thousand\n\nDerivation: 5,310 - 4,825"
+    assert records[1]["output"] == "2019, 2018"
+    assert records[2]["output"] == "higher subscription sales in North America"
+
+
+def test_parquet_input_and_split_slicing(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (DATA / "io_qa.jsonl").read_text().splitlines()]
+    parquet = tmp_path / "qa.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    io = ["--format", "io", "--input-field", "question", "--output-field", "answer"]
+    records = prepare(tmp_path, "--dataset-id", parquet, "--split", "train[:2]", *io)
+    assert [r["output"] for r in records] == ["Paris", "cba"]
+
+
+def test_a_missing_field_names_file_record_and_field_and_writes_nothing(tmp_path):
+    output = tmp_path / "out.json"
+    source = DATA / "alpaca_missing_output.json"
+    result = run_script(PREPARE, "--dataset-id", source, "--format", "alpaca", "--output", output)
+    assert result.returncode == 1
+    assert f"{source}: record 1: field 'output' is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists()
+
+
+def test_an_uncached_hub_dataset_is_a_clear_error(tmp_path):
+    output = tmp_path / "out.json"
+    env = {"HF_DATASETS_OFFLINE": "1", "HF_HOME": tmp_path / "hf", "HF_DATASETS_CACHE": tmp_path / "hf" / "d"}
+    result = run_script(PREPARE, "--dataset-id", "nobody/not-a-dataset", "--format", "io", "--output", output, env=env)
+    assert result.returncode == 1
+    assert "'nobody/not-a-dataset' is not in the local cache" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists()
+
+
+def balanced(tmp_path: Path, name: str, generic: int, algorithmic: int, seed: int):
+    output = tmp_path / name
+    args = ["--dataset-id", DATA / "opencodeinstruct.jsonl", "--generic-count", generic]
+    args += ["--algorithmic-count", algorithmic, "--seed", seed, "--output", output]
+    return run_script(BALANCED, *args), output
+
+
+def domains_of(records: list[dict[str, str]]) -> list[str]:
+    rows = [json.loads(line) for line in (DATA / "opencodeinstruct.jsonl").read_text().splitlines()]
+    by_input = {row["input"]: row["domain"] for row in rows}
+    return [by_input[r["input"]] for r in records]
+
+
+def test_balanced_sampling_has_exact_counts_and_is_seeded(tmp_path):
+    first, a = balanced(tmp_path, "a.json", 3, 2, seed=1)
+    _, b = balanced(tmp_path, "b.json", 3, 2, seed=1)
+    _, c = balanced(tmp_path, "c.json", 3, 2, seed=2)
+    assert first.returncode == 0, first.stderr
+    domains = domains_of(read_records(a))
+    assert (domains.count("generic"), domains.count("algorithmic")) == (3, 2)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_balanced_sampling_refuses_too_few_rows(tmp_path):
+    result, output = balanced(tmp_path, "x.json", 2, 5, seed=0)
+    assert result.returncode == 1
+    assert "asked for 5 rows with domain 'algorithmic' but the split has only 4" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not output.exists()
