@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python scripts/make_tiny_model.py models/tiny-qwen2
-python scripts/prepare_humaneval.py --output data/humaneval.json
+python scripts/prepare_data.py --format humaneval --output data/humaneval.json
 python methods/lora/train.py \
   --base-model models/tiny-qwen2 \
   --dataset data/humaneval.json \

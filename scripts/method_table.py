@@ -96,7 +96,7 @@ def main(
         if dataset is None:
             dataset = workdir / "humaneval.json"
             subprocess.run(
-                [sys.executable, str(REPO / "scripts/prepare_humaneval.py"), "--output", str(dataset)],
+                [sys.executable, str(REPO / "scripts/prepare_data.py"), "--format", "humaneval", "--output", dataset],
                 check=True,
                 capture_output=True,
             )
