@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from shared import formats, sources
-from shared.data import DataError, validate_record
+from shared.data import DataError
 
 DOMAINS = ("generic", "algorithmic")
 
@@ -37,14 +37,9 @@ def main(
     """Write a seeded sample with exact per-domain counts, in source order."""
     rows = sources.load_rows(dataset_id, split)
     chosen = sample_indices(dataset_id, rows, {"generic": generic_count, "algorithmic": algorithmic_count}, seed)
-    records = []
-    for index in chosen:
-        try:
-            [record] = formats.convert_io(rows[index], input_field, output_field)
-        except formats.MissingField as err:
-            raise DataError(f"{dataset_id}: record {index}: field '{err.field}' is missing") from None
-        validate_record(dataset_id, index, record)
-        records.append(record)
+    records = formats.convert_rows(
+        dataset_id, rows, lambda row: formats.convert_io(row, input_field, output_field), chosen
+    )
     sources.write_records(records, output)
     click.echo(
         f"Wrote {len(records)} records ({generic_count} generic, {algorithmic_count} algorithmic, "

@@ -11,10 +11,9 @@ from pathlib import Path
 import click
 
 from shared import formats, sources
-from shared.data import DataError, validate_record
+from shared.data import DataError
 
 FORMATS = ("io", "alpaca", "humaneval", "paraphrase", "tatqa")
-PROGRESS_FROM = 1000  # rows; smaller conversions finish before a bar would be read
 
 
 def buckets_option(ctx, param, value: str | None) -> set[int] | None:
@@ -61,7 +60,9 @@ def main(
         keys = None
         fields = (input_field or "input", output_field or "output")
         converter = make_converter(fmt, *fields, buckets, use_paraphrase_answer)
-    records = convert(source, rows, converter)
+    records = formats.convert_rows(source, rows, converter)
+    if not records:
+        raise DataError(f"{source}: no records to write")
     sources.write_records(records, output)
     click.echo(summary(fmt, len(rows), len(records), output, keys))
 
@@ -112,26 +113,6 @@ def read_metadata(path: Path, problems: dict) -> dict[str, dict]:
     if unknown:
         raise DataError(f"{path}: task ids not in HumanEval: {', '.join(unknown[:5])}")
     return metadata
-
-
-def convert(source: str, rows: list, converter: Callable) -> list[dict[str, str]]:
-    """Convert every row, naming the source, the row index and the field of the first bad one."""
-    from tqdm import tqdm
-
-    records = []
-    for index, row in enumerate(tqdm(rows, desc="Converting", unit="row", disable=len(rows) < PROGRESS_FROM)):
-        if not isinstance(row, dict):
-            raise DataError(f"{source}: record {index} is a {type(row).__name__}, expected an object")
-        try:
-            converted = converter(row)
-        except formats.MissingField as err:
-            raise DataError(f"{source}: record {index}: field '{err.field}' is missing") from None
-        for record in converted:
-            validate_record(source, index, record)
-        records.extend(converted)
-    if not records:
-        raise DataError(f"{source}: no records to write")
-    return records
 
 
 def summary(fmt: str, rows: int, records: int, output: Path, metadata_count: int | None) -> str:

@@ -5,7 +5,10 @@ missing (or null) raises MissingField naming it; the scripts add the file and th
 """
 
 import re
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from shared.data import DataError, validate_record
 
 Record = dict[str, str]
 
@@ -113,3 +116,29 @@ def metadata_comments(metadata: dict[str, Any]) -> str:
 def convert_humaneval(problem: dict, metadata: dict[str, Any] | None = None) -> list[Record]:
     prompt = require(problem, "prompt")
     return [{"input": metadata_comments(metadata or {}) + prompt, "output": require(problem, "canonical_solution")}]
+
+
+PROGRESS_FROM = 1000  # rows; smaller conversions finish before a bar would be read
+
+
+def convert_rows(
+    source: str, rows: list, converter: Callable[[dict], list[Record]], indices: Iterable[int] | None = None
+) -> list[Record]:
+    """Convert rows (those at `indices`, by default all), naming the source, the row index and the field of the
+    first bad one; every record is checked as training will check it."""
+    from tqdm import tqdm
+
+    indices = list(range(len(rows)) if indices is None else indices)
+    records = []
+    for index in tqdm(indices, desc="Converting", unit="row", disable=len(indices) < PROGRESS_FROM):
+        row = rows[index]
+        if not isinstance(row, dict):
+            raise DataError(f"{source}: record {index} is a {type(row).__name__}, expected an object")
+        try:
+            converted = converter(row)
+        except MissingField as err:
+            raise DataError(f"{source}: record {index}: field '{err.field}' is missing") from None
+        for record in converted:
+            validate_record(source, index, record)
+        records.extend(converted)
+    return records
