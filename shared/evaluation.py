@@ -1,0 +1,190 @@
+"""The evaluation job: completions in, scores out, written beside each sample and logged to MLflow.
+
+Scores land in the run that trained the model (written to by id with the client, so its status never changes),
+and/or in an evaluation run (the one `mlflow run` created, or a new one) linked to the training run when known.
+"""
+
+import json
+import logging
+import os
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import click
+
+from shared.benchmarks import CodeTask, TextTask
+from shared.redaction import redact_uri, scrub
+from shared.sandbox import Limits, run_programs
+from shared.scoring import bucket_scores, normalize, pass_at_k, text_scores
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+SAMPLES_FILE = "samples.jsonl"
+
+
+class CompletionsError(click.ClickException):
+    """A --completions file that cannot be scored; the message names the file, the line and the field."""
+
+
+def read_completions(path: Path, task_ids: set[str]) -> dict[str, list[str]]:
+    """{task_id: [completion, ...]} from a JSONL file of {task_id, completion} records."""
+    by_task: dict[str, list[str]] = defaultdict(list)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CompletionsError(f"{path}: cannot be read as UTF-8 text ({err})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CompletionsError(f"{path}: line {number} is not valid JSON: {err.msg}") from None
+        if not isinstance(record, dict):
+            raise CompletionsError(f"{path}: line {number} is a {type(record).__name__}, expected an object")
+        for field in ("task_id", "completion"):
+            if field not in record:
+                raise CompletionsError(f"{path}: line {number}: field '{field}' is missing")
+            if not isinstance(record[field], str):
+                found = "null" if record[field] is None else type(record[field]).__name__
+                raise CompletionsError(f"{path}: line {number}: field '{field}' must be a string, found {found}")
+        if record["task_id"] not in task_ids:
+            raise CompletionsError(f"{path}: line {number}: field 'task_id': {record['task_id']!r} is not a task")
+        by_task[record["task_id"]].append(record["completion"])
+    if not by_task:
+        raise CompletionsError(f"{path}: no completions")
+    return dict(by_task)
+
+
+def score_code(
+    tasks: list[CodeTask], completions: dict[str, list[str]], ks: list[int], limits: Limits, workers: int | None
+) -> tuple[dict[str, float], list[dict]]:
+    """Run every completion's programs in the sandbox; a sample passes when all its programs pass."""
+    samples = [(task, n, text) for task in tasks for n, text in enumerate(completions.get(task.task_id, []))]
+    programs = [task.programs(text) for task, _, text in samples]
+    outcomes = iter(run_programs([p for group in programs for p in group], limits, workers))
+    records, passed_by_task = [], defaultdict(list)
+    for (task, number, text), group in zip(samples, programs, strict=True):
+        results = [next(outcomes) for _ in group]
+        failed = [r.reason for r in results if not r.passed]
+        passed_by_task[task.task_id].append(not failed)
+        record = {"task_id": task.task_id, "sample": number, "completion": text}
+        records.append({**record, "passed": not failed, "result": failed[0] if failed else "passed"})
+    counts = Counter(record["result"].split(":")[0] for record in records)
+    log.info("Outcomes: %s", ", ".join(f"{count} {reason}" for reason, count in counts.most_common()))
+    return pass_at_k(passed_by_task, ks), records
+
+
+def score_text(tasks: list[TextTask], completions: dict[str, list[str]]) -> tuple[dict[str, float], list[dict]]:
+    """Exact match and BLEU of the first completion of each task; per bucket when the tasks have buckets."""
+    answered = [task for task in tasks if task.task_id in completions]
+    predictions = [completions[task.task_id][0] for task in answered]
+    references = [task.reference for task in answered]
+    if any(task.bucket for task in answered):
+        scores = bucket_scores(predictions, references, [task.bucket for task in answered])
+    else:
+        scores = text_scores(predictions, references)
+    records = []
+    for task, prediction in zip(answered, predictions, strict=True):
+        exact = normalize(prediction) == normalize(task.reference)
+        record = {"task_id": task.task_id, "bucket": task.bucket, "completion": prediction}
+        records.append({**record, "reference": task.reference, "exact": exact})
+    return scores, records
+
+
+def write_results(output_dir: Path, summary: dict, records: list[dict]) -> list[Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results, samples = output_dir / RESULTS_FILE, output_dir / SAMPLES_FILE
+    results.write_text(json.dumps(summary, indent=2) + "\n")
+    samples.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return [results, samples]
+
+
+def metric_names(benchmark: str, scores: dict[str, float]) -> dict[str, float]:
+    """MLflow names: '@' is refused ('pass@1' -> 'pass_at_1'); benchmarks other than HumanEval and exact match
+    are prefixed so several can sit in one run."""
+    prefix = "" if benchmark in ("humaneval", "exact-match") else benchmark.replace("-", "_") + "_"
+    return {prefix + name.replace("@", "_at_"): value for name, value in scores.items()}
+
+
+def check_run(tracking_uri: str | None, run_id: str) -> None:
+    """Fail early, before any model loads, when the run to log into does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        uri = redact_uri(client.tracking_uri)
+        raise click.ClickException(f"No MLflow run {run_id} at tracking URI {uri}: pass --run-id") from None
+
+
+def log_results(
+    scores: dict[str, float],
+    files: list[Path],
+    *,
+    benchmark: str,
+    tags: dict[str, str],
+    tracking_uri: str | None,
+    training_run_id: str | None,
+    new_run: bool,
+    experiment_name: str,
+) -> list[str]:
+    """Log the scores (step 0), tags and files (under `evaluation/<benchmark>/`); returns the runs logged to.
+
+    The training run gets them unless `new_run`. So does the run `mlflow run` created (MLFLOW_RUN_ID), which is then
+    the evaluation run; without one, an evaluation run is created when the training run is unknown or `new_run`.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import RunTag
+
+    client = MlflowClient(tracking_uri)
+    targets = [training_run_id] if training_run_id and not new_run else []
+    attached, created = os.environ.get("MLFLOW_RUN_ID"), None
+    if attached:
+        link = [RunTag(key, value) for key, value in _link_tags(benchmark, training_run_id).items()]
+        client.log_batch(attached, tags=link)  # `mlflow run` ends this run itself
+        targets.append(attached)
+    elif not targets:
+        created = _create_run(client, benchmark, training_run_id, experiment_name)
+        targets.append(created)
+    try:
+        for run_id in targets:
+            _log_to(client, run_id, scores, files, benchmark, tags)
+    except BaseException:
+        if created:
+            client.set_terminated(created, "FAILED")
+        raise
+    if created:
+        client.set_terminated(created, "FINISHED")
+    return targets
+
+
+def _log_to(client, run_id: str, scores: dict[str, float], files: list[Path], benchmark: str, tags: dict) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, 0) for key, value in metric_names(benchmark, scores).items()]
+    client.log_batch(run_id, metrics, tags=[RunTag(f"eval.{benchmark}.{k}", scrub(v)) for k, v in tags.items()])
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path=f"evaluation/{benchmark}")
+
+
+def _link_tags(benchmark: str, training_run_id: str | None) -> dict[str, str]:
+    tags = {"evaluation": benchmark}
+    if training_run_id:
+        tags.update({"training_run_id": training_run_id, "mlflow.parentRunId": training_run_id})
+    return tags
+
+
+def _create_run(client, benchmark: str, training_run_id: str | None, experiment_name: str) -> str:
+    if training_run_id:
+        experiment_id = client.get_run(training_run_id).info.experiment_id
+    else:
+        experiment = client.get_experiment_by_name(experiment_name)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    run = client.create_run(experiment_id, run_name=f"eval-{benchmark}", tags=_link_tags(benchmark, training_run_id))
+    return run.info.run_id

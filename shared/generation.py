@@ -1,0 +1,182 @@
+"""Generating answers from any trained output: tell what a folder holds, load it, and sample completions in batches.
+
+Prompts are rendered as training rendered them (shared.data.render: the chat template, or the Alpaca prompt), and
+generation stops at the end-of-turn token. vLLM serves full models and LoRA adapters when it is installed;
+prefix adapters always use the Hugging Face backend (vLLM cannot serve prefixes).
+"""
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from shared.data import render
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # never pickles: loading one can run code
+
+
+class ModelFolderError(click.ClickException):
+    """A --model folder that is not a training output this script can load."""
+
+
+@dataclass(frozen=True)
+class TrainedOutput:
+    path: Path
+    kind: str  # "lora adapter", "prefix adapter", "adapter" (another PEFT type) or "full model"
+    base_model: str | None  # adapters only: the base they were trained on
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind != "full model"
+
+
+def detect_output(path: Path, base_model: str | None = None) -> TrainedOutput:
+    """What a folder holds: a PEFT adapter (LoRA/QLoRA, prefix) or a full model (BitFit, FFT, merged)."""
+    if not path.is_dir():
+        raise ModelFolderError(f"{path}: no such folder")
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.is_file():
+        try:
+            config = json.loads(adapter_config.read_text())
+        except json.JSONDecodeError as err:
+            raise ModelFolderError(f"{adapter_config}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        peft_type = config.get("peft_type", "")
+        kind = {"LORA": "lora adapter", "PREFIX_TUNING": "prefix adapter"}.get(peft_type, "adapter")
+        base = base_model or config.get("base_model_name_or_path")
+        if not base:
+            raise ModelFolderError(f"{adapter_config} names no base model: pass --base-model")
+        return TrainedOutput(path, kind, base)
+    if (path / "config.json").is_file() and any((path / name).is_file() for name in WEIGHT_FILES):
+        return TrainedOutput(path, "full model", None)
+    raise ModelFolderError(
+        f"{path} holds neither an adapter (adapter_config.json) nor a model (config.json and safetensors weights): "
+        "pass a training output directory or a merged model folder"
+    )
+
+
+def load_tokenizer(output: TrainedOutput):
+    """The tokenizer saved beside the trained output (trainers save it there), else the base model's."""
+    from transformers import AutoTokenizer
+
+    has_own = (output.path / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(output.path if has_own or not output.is_adapter else output.base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # generation continues each prompt from its last token
+    return tokenizer
+
+
+def prompt_texts(tokenizer, inputs: list[str]) -> list[str]:
+    """Each input rendered as the prompt part of a training record."""
+    return [render(tokenizer, text, "")[0] for text in inputs]
+
+
+def load_model(output: TrainedOutput, dtype: str):
+    """The model in eval mode: the base with the adapter applied, or the full model folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    log.info("Loading %s from %s", output.kind, output.path)
+    model_path = output.base_model if output.is_adapter else output.path
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=getattr(torch, dtype),
+        use_safetensors=True,
+        device_map="auto" if torch.cuda.is_available() else None,  # spread over the GPUs when there are any
+    )
+    if output.is_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, output.path)
+    return model.eval()
+
+
+def use_vllm(output: TrainedOutput, backend: str) -> bool:
+    """Whether to generate with vLLM: asked for, or `auto` with vLLM installed, a GPU and no prefix adapter."""
+    servable = output.kind in ("full model", "lora adapter")
+    installed = importlib.util.find_spec("vllm") is not None
+    if backend == "vllm":
+        if not servable:
+            raise click.UsageError(f"--backend vllm cannot serve a {output.kind}: use --backend hf")
+        if not installed:
+            raise click.UsageError("--backend vllm: vllm is not installed")
+        return True
+    if backend == "hf" or not installed or not servable:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n_samples: int = 1
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    batch_size: int = 8
+
+
+def generate_hf(model, tokenizer, prompts: list[str], sampling: Sampling) -> list[list[str]]:
+    """`sampling.n_samples` completions per prompt, in batches; each stops at the end-of-turn token."""
+    import torch
+    from tqdm import tqdm
+
+    settings = {"do_sample": False}
+    if sampling.temperature > 0:
+        settings = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+    jobs = [prompt for prompt in prompts for _ in range(sampling.n_samples)]
+    texts = []
+    with tqdm(total=len(jobs), desc="Generating", unit="completion") as bar:
+        for start in range(0, len(jobs), sampling.batch_size):
+            batch = tokenizer(
+                jobs[start : start + sampling.batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=not tokenizer.chat_template,  # as in training: the template writes BOS itself
+            ).to(model.device)
+            with torch.no_grad():
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=sampling.max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                    **settings,
+                )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            texts += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            bar.update(len(new_tokens))
+    return [texts[i : i + sampling.n_samples] for i in range(0, len(texts), sampling.n_samples)]
+
+
+def generate_vllm(output: TrainedOutput, tokenizer, prompts: list[str], sampling: Sampling, dtype: str, seed: int):
+    """The same with vLLM, fed the token ids our tokenizer makes so the prompts match the HF backend's exactly."""
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    lora = output.kind == "lora adapter"
+    rank = json.loads((output.path / "adapter_config.json").read_text())["r"] if lora else None
+    llm = LLM(
+        model=str(output.base_model if lora else output.path),
+        tokenizer=str(output.path),
+        dtype=dtype,
+        seed=seed,
+        enable_lora=lora,
+        **({"max_lora_rank": rank} if lora else {}),
+    )
+    params = SamplingParams(
+        n=sampling.n_samples,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+        max_tokens=sampling.max_new_tokens,
+        stop_token_ids=[tokenizer.eos_token_id],
+    )
+    ids = tokenizer(prompts, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+    request = LoRARequest("adapter", 1, str(output.path)) if lora else None
+    results = llm.generate([{"prompt_token_ids": i} for i in ids], params, lora_request=request)
+    return [[choice.text for choice in result.outputs] for result in results]

