@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `<method> [flags...]` runs methods/<method>/train.py; `<method> merge [flags...]` runs its merge.py.
+# `<method> [flags...]` runs methods/<method>/train.py; `<method> merge [flags...]` runs its merge.py;
+# `<script> [flags...]` runs scripts/<script>.py (evaluate, compare, prepare_data, ...).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -8,10 +9,15 @@ methods=()
 for script in "$root"/methods/*/train.py; do
     [[ -f $script ]] && methods+=("$(basename "$(dirname "$script")")")
 done
+scripts=()
+for script in "$root"/scripts/*.py; do
+    [[ -f $script ]] && scripts+=("$(basename "$script" .py)")
+done
 
 usage() {
-    echo "usage: <method> [merge] [flags...]   (methods: ${methods[*]:-none})" >&2
-    echo "       <method> --help lists a method's flags" >&2
+    echo "usage: <method> [merge] [flags...] | <script> [flags...]" >&2
+    echo "       methods: ${methods[*]:-none}; scripts: ${scripts[*]:-none}" >&2
+    echo "       <method> --help or <script> --help lists its flags" >&2
 }
 
 if [[ $# -eq 0 || $1 == -h || $1 == --help ]]; then
@@ -20,10 +26,19 @@ if [[ $# -eq 0 || $1 == -h || $1 == --help ]]; then
     exit
 fi
 
-method=$1
+name=$1
 shift
-if [[ ! $method =~ ^[A-Za-z0-9_-]+$ || ! -f $root/methods/$method/train.py ]]; then
-    echo "unknown method '$method'; methods: ${methods[*]:-none}" >&2
+if [[ ! $name =~ ^[A-Za-z0-9_-]+$ ]]; then
+    echo "unknown method or script '$name'" >&2
+    usage
+    exit 2
+fi
+if [[ -f $root/scripts/$name.py ]]; then
+    exec python "$root/scripts/$name.py" "$@"
+fi
+if [[ ! -f $root/methods/$name/train.py ]]; then
+    echo "unknown method or script '$name'" >&2
+    usage
     exit 2
 fi
 
@@ -32,9 +47,9 @@ if [[ ${1:-} == merge ]]; then
     script=merge.py
     shift
 fi
-if [[ ! -f $root/methods/$method/$script ]]; then
-    echo "method '$method' has no $script" >&2
+if [[ ! -f $root/methods/$name/$script ]]; then
+    echo "method '$name' has no $script" >&2
     exit 2
 fi
 
-exec python "$root/methods/$method/$script" "$@"
+exec python "$root/methods/$name/$script" "$@"

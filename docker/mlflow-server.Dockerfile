@@ -8,6 +8,7 @@ RUN pip install --no-cache-dir "mlflow[auth]==${MLFLOW_VERSION}" "psycopg2-binar
     && chown mlflow:mlflow /mlartifacts /mlauth
 
 COPY docker/mlflow-auth.ini /etc/mlflow/auth.ini
-USER mlflow
+# Numeric: the host and volume permissions see the UID, not the name.
+USER 1000:1000
 WORKDIR /home/mlflow
 EXPOSE 5000

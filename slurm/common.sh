@@ -1,0 +1,67 @@
+# shellcheck shell=bash
+# Sourced by slurm/*.sbatch from the repo root, after `set -euo pipefail`: offline Hugging Face defaults, and
+# run_preemptible, which turns a preemption signal into checkpoint + requeue + resume.
+
+# Compute nodes are often offline: use the local HF cache unless the caller set these.
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+export HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
+export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+
+# shared/preemption.py: the trainer saved a checkpoint and stopped on a signal; rerun with --resume.
+PREEMPTED_EXIT_CODE=75
+
+# The value of --output-dir in the trainer's arguments ("" when absent).
+output_dir_of() {
+    local previous=""
+    for arg in "$@"; do
+        case $arg in
+            --output-dir=*) echo "${arg#--output-dir=}"; return ;;
+        esac
+        if [[ $previous == --output-dir ]]; then
+            echo "$arg"
+            return
+        fi
+        previous=$arg
+    done
+}
+
+# run_preemptible COMMAND...
+# Runs COMMAND (a trainer and its flags, or srun starting one) in the background, so that this shell's traps
+# run while it trains, and forwards SIGUSR1 and SIGTERM to it. The trainer checkpoints at the next step
+# boundary and exits with PREEMPTED_EXIT_CODE. After SIGUSR1 (`#SBATCH --signal=B:USR1@...` before the time
+# limit, or `scancel --batch --signal=USR1 JOB`) the job requeues itself; after SIGTERM (scancel, a
+# scheduler's preemption or time limit) Slurm decides whether it comes back. A rerun (SLURM_RESTART_COUNT > 0)
+# adds --resume once the output directory holds the run file: it continues from the last checkpoint in the
+# same MLflow run (from step 0 if the first attempt stopped before its first checkpoint).
+run_preemptible() {
+    local cmd=("$@")
+    local output_dir
+    output_dir="$(output_dir_of "$@")"
+    if (( ${SLURM_RESTART_COUNT:-0} > 0 )) && [[ -n $output_dir && -f $output_dir/mlflow_run.json ]]; then
+        echo "restart ${SLURM_RESTART_COUNT} of job ${SLURM_JOB_ID}: resuming from ${output_dir}"
+        cmd+=(--resume)
+    fi
+
+    signalled=""
+    child=""
+    trap 'signalled=USR1; kill -s USR1 "$child" 2>/dev/null || true' USR1
+    trap 'signalled=TERM; kill -s TERM "$child" 2>/dev/null || true' TERM
+
+    "${cmd[@]}" &
+    child=$!
+    local status
+    # A trapped signal ends `wait` early (status 128+n) while the trainer is still saving: wait until it exits.
+    while true; do
+        status=0
+        wait "$child" || status=$?
+        kill -0 "$child" 2>/dev/null || break
+    done
+    trap - USR1 TERM
+
+    if [[ $signalled == USR1 && $status -ne 0 ]]; then
+        echo "job ${SLURM_JOB_ID}: preempted on SIGUSR1 (trainer exit status ${status}); requeueing"
+        scontrol requeue "$SLURM_JOB_ID"
+        return "$PREEMPTED_EXIT_CODE"
+    fi
+    return "$status"
+}
