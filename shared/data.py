@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("input", "output")
 IGNORE_INDEX = -100
+TOKENIZATION_VERSION = 1  # part of the tokenization cache key: bump when `tokenize_records` changes its output
 ALPACA_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{input}\n\n### Response:\n"
@@ -125,9 +127,17 @@ class TokenizedData:
     dropped: int
 
 
-def tokenize_records(records: list[dict[str, str]], tokenizer, max_length: int, name: str) -> TokenizedData:
-    """Tokenize records into input_ids/attention_mask/labels; truncate the output or drop the record when too long."""
+def tokenize_records(
+    records: list[dict[str, str]], tokenizer, max_length: int, name: str, cache_dir: Path | None = None
+) -> TokenizedData:
+    """Tokenize records into input_ids/attention_mask/labels; truncate the output or drop the record when too long.
+
+    The result is cached on disk (default: under the datasets cache), keyed by the records, the tokenizer and
+    the settings, so every method of a comparison reuses one tokenization.
+    """
+    import datasets
     from datasets import Dataset
+    from datasets.fingerprint import Hasher
 
     # The chat template already writes the BOS token into the text; the Alpaca prompt does not.
     prompt_special_tokens = not tokenizer.chat_template
@@ -147,8 +157,20 @@ def tokenize_records(records: list[dict[str, str]], tokenizer, max_length: int, 
             out["fate"].append(fate)
         return out
 
-    raw = Dataset.from_list([{"input": r["input"], "output": r["output"]} for r in records])
-    encoded = raw.map(encode, batched=True, remove_columns=raw.column_names, desc=f"Tokenizing {name}")
+    pairs = [{"input": r["input"], "output": r["output"]} for r in records]
+    cache_dir = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "peft-workbench-tokenized"
+    cache_file = cache_dir / f"{Hasher.hash([pairs, encode, TOKENIZATION_VERSION])}.arrow"
+    if cache_file.is_file():
+        log.info("%s: reusing the tokenization cached in %s", name, cache_file)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    raw = Dataset.from_list(pairs)
+    encoded = raw.map(
+        encode,
+        batched=True,
+        remove_columns=raw.column_names,
+        cache_file_name=str(cache_file),
+        desc=f"Tokenizing {name}",
+    )
     fates = list(encoded["fate"])
     result = TokenizedData(
         dataset=encoded.filter(lambda fate: fate != "dropped", input_columns="fate").remove_columns("fate"),
@@ -169,8 +191,75 @@ def tokenize_records(records: list[dict[str, str]], tokenizer, max_length: int, 
     return result
 
 
-def padding_collator(tokenizer):
-    """Pad each batch to its longest sequence; padded label positions are ignored by the loss."""
-    from transformers import DataCollatorForSeq2Seq
+def batch_collator(tokenizer, packing: bool, bounded_rows: bool = False) -> "TokenCountingCollator":
+    """Padding-free batches (one row, position ids restarting per sequence), or each batch padded to its longest.
 
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    Packed rows carry no attention mask: transformers builds a block-diagonal one from the restarting position
+    ids, so no sequence attends to another. That holds only without a KV cache (`use_cache=False`).
+    With `bounded_rows`, packing fills several rows no longer than the batch's longest sequence instead of one.
+    """
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+    if packing and bounded_rows:
+        return TokenCountingCollator(BoundedRowPacker(flatten, tokenizer.pad_token_id))
+    if packing:
+        return TokenCountingCollator(flatten)
+    return TokenCountingCollator(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX))
+
+
+class BoundedRowPacker:
+    """Packs a batch into rows no longer than its longest sequence (first fit, longest first), padded to that length.
+
+    Dense attention (SDPA, eager) costs the square of a row's length whatever the block-diagonal mask leaves out, so
+    one row of the whole batch costs more than the padding it saves; rows bounded this way cost at most what a
+    padded batch does. The padding at a row's end is a sequence of its own (positions restart at 0, labels ignored),
+    so no real token attends to it.
+    """
+
+    def __init__(self, flatten: Callable[[list[dict]], dict], pad_token_id: int) -> None:
+        self.flatten = flatten
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(feature["input_ids"]) for feature in features)
+        rows: list[list[dict]] = []
+        room: list[int] = []
+        for feature in sorted(features, key=lambda f: len(f["input_ids"]), reverse=True):
+            size = len(feature["input_ids"])
+            row = next((i for i, left in enumerate(room) if left >= size), None)
+            if row is None:
+                rows.append([])
+                room.append(width)
+                row = len(rows) - 1
+            rows[row].append(feature)
+            room[row] -= size
+        columns = {"input_ids": [], "position_ids": [], "labels": []}
+        fill = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX}
+        for members, left in zip(rows, room, strict=True):
+            packed = self.flatten(members)
+            for key, row_values in columns.items():
+                tail = torch.arange(left) if key == "position_ids" else torch.full((left,), fill[key])
+                row_values.append(torch.cat([packed[key][0], tail.to(packed[key].dtype)]))
+        return {key: torch.stack(values) for key, values in columns.items()}
+
+
+class TokenCountingCollator:
+    """Counts the real and padding tokens of the batches it builds, so the waste is visible.
+
+    The counts live in the process that collates: with dataloader workers they stay zero here.
+    """
+
+    def __init__(self, collate: Callable[[list[dict]], dict]) -> None:
+        self.collate = collate
+        self.real_tokens = 0
+        self.padding_tokens = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        real = sum(len(feature["input_ids"]) for feature in features)
+        self.real_tokens += real
+        self.padding_tokens += batch["input_ids"].numel() - real
+        return batch

@@ -9,7 +9,7 @@ from shared.data import (
     ALPACA_PROMPT,
     IGNORE_INDEX,
     DataError,
-    padding_collator,
+    batch_collator,
     read_records,
     render,
     split_off_dev,
@@ -135,9 +135,39 @@ def test_collator_pads_labels_with_the_ignore_index(qwen_tokenizer):
     data = tokenize_records(
         [{"input": "a", "output": "b"}, {"input": "a longer prompt", "output": "b c d"}], qwen_tokenizer, 256, "t"
     )
-    batch = padding_collator(qwen_tokenizer)([data.dataset[0], data.dataset[1]])
+    batch = batch_collator(qwen_tokenizer, packing=False)([data.dataset[0], data.dataset[1]])
     short = len(data.dataset[0]["input_ids"])
     assert batch["input_ids"].shape == batch["labels"].shape
     assert (batch["labels"][0, short:] == IGNORE_INDEX).all()
     assert (batch["attention_mask"][0, short:] == 0).all()
     assert batch["attention_mask"][1].all()
+
+
+def test_packed_batch_is_one_row_with_restarting_positions_and_counts_no_padding(qwen_tokenizer):
+    data = tokenize_records(
+        [{"input": "a", "output": "b"}, {"input": "a longer prompt", "output": "b c d"}], qwen_tokenizer, 256, "t"
+    )
+    lengths = [len(ids) for ids in data.dataset["input_ids"]]
+    collator = batch_collator(qwen_tokenizer, packing=True)
+    batch = collator([data.dataset[0], data.dataset[1]])
+    assert batch["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in batch
+    assert batch["position_ids"][0].tolist() == list(range(lengths[0])) + list(range(lengths[1]))
+    assert batch["labels"][0, lengths[0]] == IGNORE_INDEX, "no label crosses from one sequence into the next"
+    assert (collator.real_tokens, collator.padding_tokens) == (sum(lengths), 0)
+    padded = batch_collator(qwen_tokenizer, packing=False)
+    padded([data.dataset[0], data.dataset[1]])
+    assert (padded.real_tokens, padded.padding_tokens) == (sum(lengths), max(lengths) - min(lengths))
+
+
+def test_tokenization_is_cached_on_disk_and_keyed_by_its_inputs(qwen_tokenizer, tmp_path, caplog):
+    records = [{"input": f"question {i}", "output": f"answer {i}"} for i in range(20)]
+    first = tokenize_records(records, qwen_tokenizer, 256, "t", cache_dir=tmp_path)
+    with caplog.at_level("INFO", logger="shared.data"):
+        again = tokenize_records(records, qwen_tokenizer, 256, "t", cache_dir=tmp_path)
+    assert "reusing the tokenization cached in" in caplog.text
+    assert again.dataset["input_ids"] == first.dataset["input_ids"]
+    cached = {f["filename"] for f in first.dataset.cache_files}
+    assert cached == {f["filename"] for f in again.dataset.cache_files}
+    shorter = tokenize_records(records, qwen_tokenizer, len(first.dataset[0]["input_ids"]) - 1, "t", cache_dir=tmp_path)
+    assert not cached & {f["filename"] for f in shorter.dataset.cache_files}, "another max length, another entry"
+    assert shorter.truncated > 0

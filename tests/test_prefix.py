@@ -33,6 +33,8 @@ def trained(tmp_path_factory, tiny_qwen2, synthetic_dataset):
 def test_prefix_trains_and_records_its_metadata(trained, tiny_qwen2):
     run = trained["run"]
     assert run.info.status == "FINISHED" and run.data.tags["method"] == "prefix"
+    assert run.data.params["packing"] == "False", "the prefix cache would mix packed sequences"
+    assert run.data.metrics["padding_tokens_per_step"] > 0
     losses = [m.value for m in trained["client"].get_metric_history(run.info.run_id, "eval_loss")]
     assert losses[-1] < 0.95 * losses[0]
     metadata = json.loads((trained["out"] / "prefix_metadata.json").read_text())

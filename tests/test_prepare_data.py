@@ -1,6 +1,7 @@
 """scripts/prepare_data.py and scripts/prepare_balanced_data.py on the small samples in tests/data."""
 
 import json
+import shutil
 from pathlib import Path
 
 from conftest import run_script
@@ -115,6 +116,34 @@ def test_an_uncached_hub_dataset_is_a_clear_error(tmp_path):
     assert "'nobody/not-a-dataset' is not in the local cache" in result.stderr
     assert "Traceback" not in result.stderr
     assert not output.exists()
+
+
+def cache_as_hub_dataset(source: Path, dataset_id: str, cache: Path) -> None:
+    """Lay out SOURCE in CACHE the way `datasets` keeps a hub dataset it downloaded once: datasets' own json
+    builder writes the Arrow file and dataset_info.json, placed at `{org}___{name}/default/0.0.0/{hash}/` under
+    the name `{name}-train.arrow`. (No hub can be reached here to download a real one.)"""
+    import datasets
+
+    builder = datasets.load_dataset_builder("json", data_files={"train": str(source)}, cache_dir=str(cache / "build"))
+    builder.download_and_prepare()
+    org, name = dataset_id.split("/")
+    built = Path(builder.cache_dir)
+    target = cache / f"{org}___{name}" / "default" / "0.0.0" / built.name
+    shutil.copytree(built, target, ignore=shutil.ignore_patterns("*.lock"))
+    (target / "json-train.arrow").rename(target / f"{name}-train.arrow")
+
+
+def test_a_cached_hub_dataset_is_read_offline(tmp_path):
+    cache, output = tmp_path / "hf" / "datasets", tmp_path / "out.json"
+    cache_as_hub_dataset(DATA / "io_qa.jsonl", "nobody/cached-qa", cache)
+    env = {"HF_DATASETS_OFFLINE": "1", "HF_HOME": tmp_path / "hf", "HF_DATASETS_CACHE": cache}
+    result = run_script(
+        PREPARE, "--dataset-id", "nobody/cached-qa", "--split", "train[:2]", "--format", "io",
+        "--input-field", "question", "--output-field", "answer", "--output", output, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    source = [json.loads(line) for line in (DATA / "io_qa.jsonl").read_text().splitlines()][:2]
+    assert read_records(output) == [{"input": r["question"], "output": r["answer"]} for r in source]
 
 
 def balanced(tmp_path: Path, name: str, generic: int, algorithmic: int, seed: int):

@@ -65,6 +65,9 @@ def main(**flags) -> None:
             "prefix tuning cannot use --gradient-checkpointing: the recomputed layers lose the prefix keys and "
             "values; lower --batch-size and raise --gradient-accumulation to save memory instead"
         )
+    if flags["packing"]:
+        click.echo("Prefix tuning pads its batches: with the prefix held as a KV cache, packed sequences would mix.")
+        flags["packing"] = False
     from shared.training import run_training  # heavy imports wait until a run starts, so --help is instant
 
     run_training("prefix", flags, attach_prefix, extra_files={METADATA_FILE: prefix_metadata(flags)})

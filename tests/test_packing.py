@@ -1,0 +1,69 @@
+"""Padding-free batches: the same loss as padded batches, no attention across sequences, the waste logged."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import FAST, only_run, run_script, spelled_digits
+from shared.data import batch_collator, tokenize_records
+
+RECORDS = [
+    {"input": "Spell in words: 1 2", "output": "one two"},
+    {"input": "Spell in words, please, a longer question: 7 8 9 0", "output": "seven eight nine zero"},
+    {"input": "Say: 5", "output": "five"},
+]
+
+
+def batch_loss(model, batch: dict) -> float:
+    with torch.no_grad():
+        return model(**batch).loss.item()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ["tiny_qwen2", "tiny_llama"])
+def test_packed_loss_equals_padded_loss(request, arch, attention):
+    path = request.getfixturevalue(arch)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention).eval()
+    model.config.use_cache = False
+    features = list(tokenize_records(RECORDS, tokenizer, 256, "t").dataset)
+    padded = batch_loss(model, batch_collator(tokenizer, packing=False)(features))
+    packed_batch = batch_collator(tokenizer, packing=True)(features)
+    assert abs(batch_loss(model, packed_batch) - padded) <= 1e-4
+    # The check can fail: positions that do not restart let each sequence attend to the ones before it.
+    leaking = {**packed_batch, "position_ids": torch.arange(packed_batch["input_ids"].shape[1])[None]}
+    assert abs(batch_loss(model, leaking) - padded) > 1e-2
+
+
+def train(cwd, model, dataset, *flags):
+    return run_script(
+        "methods/lora/train.py", "--experiment-name", "tests", *FAST, "--base-model", model, "--dataset", dataset,
+        "--output-dir", cwd / "out", "--max-steps", 10, "--eval-steps", 10, "--logging-steps", 5,
+        "--no-system-metrics", *flags, cwd=cwd,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_packing_keeps_the_dev_loss_and_removes_the_padding(tmp_path_factory, tiny_qwen2, tmp_path):
+    # Lengths that vary, so padded batches really pad.
+    records = [{**r, "output": r["output"] * (1 + i % 4)} for i, r in enumerate(spelled_digits(160))]
+    dataset = tmp_path / "varied.json"
+    dataset.write_text(json.dumps(records))
+    runs = {}
+    for name, flags in (("packed", []), ("padded", ["--no-packing"])):
+        cwd = tmp_path_factory.mktemp(name)
+        result = train(cwd, tiny_qwen2, dataset, *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = only_run(cwd)
+    packed, padded = runs["packed"][1], runs["padded"][1]
+    assert packed.data.params["packing"] == "True" and padded.data.params["packing"] == "False"
+    step0 = [c.get_metric_history(r.info.run_id, "eval_loss")[0] for c, r in runs.values()]
+    assert step0[0].step == step0[1].step == 0
+    assert abs(step0[0].value - step0[1].value) <= 1e-4, "the untouched model scores the dev set alike"
+    assert packed.data.metrics["padding_fraction"] == 0 and packed.data.metrics["padding_tokens_per_step"] == 0
+    assert padded.data.metrics["padding_fraction"] > 0.05
+    real = [c.get_metric_history(r.info.run_id, "real_tokens_per_step") for c, r in runs.values()]
+    assert [m.step for m in real[0]] == [5, 10]
+    assert [m.value for m in real[0]] == [m.value for m in real[1]], "same seed, same batches, same real tokens"
