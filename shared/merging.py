@@ -25,7 +25,9 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("Loading base model %s in %s", base_model, dtype)
-    model = AutoModelForCausalLM.from_pretrained(base_model, cache_dir=cache_dir, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, cache_dir=cache_dir, dtype=getattr(torch, dtype), use_safetensors=True
+    )
     log.info("Applying the adapter from %s and merging it", adapter_dir)
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     # Written aside and renamed at the end, so a crash never leaves a half-written model at OUTPUT_DIR.

@@ -1,7 +1,9 @@
 """Loading the base model and tokenizer, and counting what a method trains."""
 
 import logging
+from pathlib import Path
 
+import click
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
@@ -17,8 +19,23 @@ def weights_dtype(flags: dict) -> torch.dtype:
     return torch.float32
 
 
+def check_weights_format(flags: dict) -> None:
+    """Refuse, before any run starts, a local base model whose weights are pickles unless the user allows them."""
+    folder = Path(flags["base_model"])
+    if flags["allow_pickle_weights"] or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in [*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")])
+    if pickles:
+        raise click.UsageError(
+            f"--base-model {folder} holds pickle weights only ({', '.join(pickles)}), which can run code when "
+            "loaded: convert them to safetensors, or pass --allow-pickle-weights if you trust their source"
+        )
+
+
 def load_tokenizer(flags: dict):
-    tokenizer = AutoTokenizer.from_pretrained(flags["base_model"], cache_dir=flags["cache_dir"])
+    tokenizer = AutoTokenizer.from_pretrained(
+        flags["base_model"], cache_dir=flags["cache_dir"], trust_remote_code=flags["trust_remote_code"]
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -29,7 +46,13 @@ def load_base_model(flags: dict, **kwargs) -> PreTrainedModel:
     """Load the base causal LM named by --base-model; `kwargs` go to `from_pretrained` (e.g. a quantization config)."""
     log.info("Loading base model %s", flags["base_model"])
     kwargs.setdefault("dtype", weights_dtype(flags))
-    model = AutoModelForCausalLM.from_pretrained(flags["base_model"], cache_dir=flags["cache_dir"], **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        flags["base_model"],
+        cache_dir=flags["cache_dir"],
+        trust_remote_code=flags["trust_remote_code"],
+        use_safetensors=None if flags["allow_pickle_weights"] else True,  # None: safetensors first, pickle allowed
+        **kwargs,
+    )
     model.config.use_cache = False  # a KV cache is useless in training and costs memory
     return model
 

@@ -41,6 +41,16 @@ _COMMON_OPTIONS = [
         type=click.Path(dir_okay=False, path_type=Path),
         help="Extra copy of the energy report (always in OUTPUT_DIR/energy.json).",
     ),
+    click.option(
+        "--trust-remote-code",
+        is_flag=True,
+        help="Run Python code that ships with --base-model (off: only architectures transformers itself knows).",
+    ),
+    click.option(
+        "--allow-pickle-weights",
+        is_flag=True,
+        help="Accept pickle (.bin/.pt) weights, which can run code when loaded (off: safetensors only).",
+    ),
     # schedule
     click.option(
         "--epochs",
@@ -77,6 +87,28 @@ _COMMON_OPTIONS = [
         default=2048,
         show_default=True,
         help="Tokens per record; longer ones are truncated (or dropped when the prompt alone fills it).",
+    ),
+    click.option(
+        "--packing/--no-packing",
+        default=True,
+        show_default=True,
+        help="Padding-free batches: each batch's sequences in one row, attention kept within each sequence.",
+    ),
+    click.option(
+        "--bounded-rows",
+        is_flag=True,
+        help="With --packing: several rows no longer than the batch's longest sequence instead of one; on a CPU "
+        "(dense attention) one long row costs more than the padding it saves.",
+    ),
+    click.option(
+        "--group-by-length",
+        is_flag=True,
+        help="Batch sequences of similar length together (shuffled in groups): less padding with --no-packing.",
+    ),
+    click.option(
+        "--torch-compile",
+        is_flag=True,
+        help="Compile the model with torch.compile (compiling costs the first steps; shapes that vary recompile).",
     ),
     click.option(
         "--gradient-checkpointing",

@@ -5,7 +5,9 @@ model whose loss starts at 0.5 and one whose loss starts at 5.
 """
 
 import logging
+import math
 
+import click
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
@@ -58,3 +60,34 @@ class RelativeEarlyStopping(TrainerCallback, ExportableState):
                 "evaluations_without_improvement": self.evaluations_without_improvement,
             },
         }
+
+
+class Diverged(click.ClickException):
+    """Training produced a non-finite loss; the run fails and the last good checkpoint stays."""
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stop at the first non-finite training loss, gradient norm or dev loss, before it is checkpointed.
+
+    The Trainer hides non-finite losses by default (`logging_nan_inf_filter`); training runs with that off, so a
+    NaN in any step of a logging interval shows in the logged mean.
+    """
+
+    def __init__(self, learning_rate: float) -> None:
+        self.learning_rate = learning_rate
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            self._check(key, (logs or {}).get(key), state, f"steps up to {state.global_step}")
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._check("eval_loss", (metrics or {}).get("eval_loss"), state, f"the evaluation at step {state.global_step}")
+
+    def _check(self, name: str, value: float | None, state, where: str) -> None:
+        if value is None or math.isfinite(value):
+            return
+        kept = state.best_model_checkpoint or "none yet"
+        raise Diverged(
+            f"training diverged: {name} is {value} in {where}; the last good checkpoint is {kept}. "
+            f"Try a lower --learning-rate (this run: {self.learning_rate:g})"
+        )

@@ -1,4 +1,5 @@
-"""One MLflow run per training job: params, tags, per-step metrics, artifacts; FAILED when the job dies.
+"""One MLflow run per training job: params, tags, per-step metrics, artifacts; FAILED when the job dies, KILLED
+(and resumable) when it was preempted.
 
 Only the main process (rank 0) talks to MLflow. The run id is written into the output directory, so
 `--resume` and the evaluation scripts find the run that trained a folder.
@@ -8,9 +9,7 @@ import json
 import logging
 import os
 import resource
-import signal
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +21,14 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
+from shared.outbox import OUTBOX_FILE, MlflowOutbox
+from shared.preemption import Preempted
 from shared.redaction import redact_uri, scrub
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"
+SERVER_CHECK_TIMEOUT_S = 5
 ROOT_ARTIFACTS = ("energy.json", "trainer_state.json")
 
 
@@ -61,6 +63,25 @@ def read_run_id(output_dir: Path) -> str:
     return json.loads(path.read_text())["run_id"]
 
 
+def check_tracking_server(tracking_uri: str | None) -> None:
+    """Fail in seconds, before any model loads, when the tracking server is not answering."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S):
+            return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+    raise click.ClickException(
+        f"the MLflow tracking server at {redact_uri(uri)} does not answer ({reason}): start it, or point "
+        "--tracking-uri / MLFLOW_TRACKING_URI at one that runs"
+    )
+
+
 @contextmanager
 def tracked_run(
     method: str,
@@ -73,13 +94,17 @@ def tracked_run(
     experiment_name: str,
     run_name: str | None,
     resume: bool,
-) -> Iterator[str | None]:
-    """Start (or, with `resume`, reopen) the job's run; yield its id; end it FINISHED, or FAILED on any error."""
+) -> Iterator[MlflowOutbox | None]:
+    """Start (or with `resume` reopen) the job's run and yield its outbox (None off rank 0); end the run FINISHED,
+    KILLED if preempted, or FAILED."""
     if not is_main_process():
         yield None
         return
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
+    # A server lost mid-run must cost seconds, not minutes of retries on every call: the outbox keeps the rest.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     resumed_id = read_run_id(output_dir) if resume else None
     attached = resumed_id or os.environ.get("MLFLOW_RUN_ID")
     if not attached:
@@ -87,26 +112,28 @@ def tracked_run(
     name = None if attached else scrub(run_name or f"{method}-{datetime.now():%Y%m%d-%H%M%S}")
     run = mlflow.start_run(run_id=resumed_id, run_name=name, log_system_metrics=system_metrics)
     log.info("MLflow run %s in %s", run.info.run_id, redact_uri(mlflow.get_tracking_uri()))
-    # SIGTERM (kill, a scheduler's stop) becomes SystemExit, so the run below ends FAILED instead of RUNNING.
-    previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    outbox = MlflowOutbox(run.info.run_id, output_dir)
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
         (Path(output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         mlflow.set_tags(run_tags(method, base_model))
         log_params_once(params)
-        yield run.info.run_id
-    except BaseException:
-        mlflow.end_run("FAILED")
+        yield outbox
+    except Preempted:
+        outbox.set_tag("preempted", "true")
+        _end_run(outbox, "KILLED")  # resumable: --resume reopens it
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous_handler)
-    mlflow.end_run("FINISHED")
+    except BaseException:
+        _end_run(outbox, "FAILED")
+        raise
+    _end_run(outbox, "FINISHED")
 
 
-def _exit_on_sigterm(signum, frame) -> None:
-    log.error("Terminated by SIGTERM; marking the MLflow run FAILED")
-    sys.exit(128 + signum)
+def _end_run(outbox: MlflowOutbox, status: str) -> None:
+    outbox.set_status(status)
+    if not outbox.offline:
+        mlflow.end_run(status)  # also stops the system-metrics thread; it would wait on a dead server
 
 
 def log_params_once(params: dict) -> None:
@@ -133,32 +160,51 @@ def peak_memory_mb() -> float:
 
 
 class MlflowMetricsCallback(TrainerCallback):
-    """Logs the Trainer's numbers under stable names, plus real tokens per second and peak memory.
+    """Logs the Trainer's numbers under stable names, plus real tokens per second, padding and peak memory.
 
     Throughput counts non-padding tokens over the time spent in training steps only: evaluation and
-    checkpoint saving between steps are left out.
+    checkpoint saving between steps are left out. Real and padding tokens per step come from the collator's
+    counts, evaluation batches left out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: MlflowOutbox, collator=None) -> None:
+        self.outbox = outbox
+        self.collator = collator
         self.train_seconds = 0.0
         self.mark = time.monotonic()
         self.tokens_at_last_log = 0
         self.seconds_at_last_log = 0.0
+        self.counted = [0, 0]  # real, padding tokens of training batches since the last log
+        self.collator_mark = (0, 0)
+        self.steps_at_last_log = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.mark = time.monotonic()
         self.tokens_at_last_log = state.num_input_tokens_seen
+        self.steps_at_last_log = state.global_step
+        self._skip_collated()
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.monotonic()
         self.train_seconds += now - self.mark
         self.mark = now
+        if self.collator is not None:  # a step's batches are all collated before its end
+            real, padding = self.collator.real_tokens, self.collator.padding_tokens
+            self.counted[0] += real - self.collator_mark[0]
+            self.counted[1] += padding - self.collator_mark[1]
+            self.collator_mark = (real, padding)
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.mark = time.monotonic()
+        self._skip_collated()
 
     def on_save(self, args, state, control, **kwargs):
         self.mark = time.monotonic()
+
+    def _skip_collated(self) -> None:
+        """Leave out of the counts what was collated since the last step: evaluation batches."""
+        if self.collator is not None:
+            self.collator_mark = (self.collator.real_tokens, self.collator.padding_tokens)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         numbers = {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))}
@@ -172,12 +218,27 @@ class MlflowMetricsCallback(TrainerCallback):
             self.tokens_at_last_log = state.num_input_tokens_seen
             self.seconds_at_last_log = self.train_seconds
             numbers["peak_memory_mb"] = peak_memory_mb()
+            numbers.update(self._padding_metrics(state.global_step - self.steps_at_last_log))
+            self.steps_at_last_log = state.global_step
         elif "train_loss" in numbers:  # the end-of-training summary: its train_loss is the mean over the run
             numbers["train_loss_mean"] = numbers.pop("train_loss")
-        mlflow.log_metrics(numbers, step=state.global_step)
+        self.outbox.log_metrics(numbers, step=state.global_step)
+
+    def _padding_metrics(self, steps: int) -> dict[str, float]:
+        real, padding = self.counted
+        self.counted = [0, 0]
+        if steps <= 0 or real == 0:
+            return {}
+        return {
+            "real_tokens_per_step": real / steps,
+            "padding_tokens_per_step": padding / steps,
+            "padding_fraction": padding / (real + padding),
+        }
 
 
-def log_training_outputs(output_dir: Path, energy, *, best_eval_loss: float, runtime: float, tokens: int) -> None:
+def log_training_outputs(
+    outbox: MlflowOutbox, output_dir: Path, energy, *, best_eval_loss: float, runtime: float, tokens: int
+) -> None:
     """End-of-run metrics, and the saved model, energy report and trainer state as artifacts.
 
     Adapters are uploaded whole. A full model's weights (gigabytes for a real model) stay in the output
@@ -189,31 +250,27 @@ def log_training_outputs(output_dir: Path, energy, *, best_eval_loss: float, run
     if energy.available:
         metrics.update(energy_joules=energy.joules, avg_power_watts=energy.avg_power_watts)
         metrics["joules_per_1k_tokens"] = joules_per_1k_tokens(energy, tokens)
-        log_power_series(energy.power_samples, energy.seconds)
+        log_power_series(outbox, energy.power_samples, energy.seconds)
     else:
-        mlflow.set_tag("energy_unavailable", energy.reason)
+        outbox.set_tag("energy_unavailable", energy.reason)
     if energy.cpu_joules is not None:
         metrics["cpu_energy_joules"] = energy.cpu_joules
-    mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+    outbox.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=0)
     is_adapter = (Path(output_dir) / "adapter_config.json").is_file()
     if not is_adapter:
-        mlflow.set_tag("model_weights_path", str(Path(output_dir).resolve()))
+        outbox.set_tag("model_weights_path", str(Path(output_dir).resolve()))
     for path in sorted(Path(output_dir).iterdir()):
         if path.name in ROOT_ARTIFACTS:
-            mlflow.log_artifact(str(path))
-        elif path.is_file() and path.name not in (RUN_FILE, "training_args.bin"):
+            outbox.upload(path)
+        elif path.is_file() and path.name not in (RUN_FILE, OUTBOX_FILE, "training_args.bin"):
             if is_adapter or not _is_full_weights(path):
-                mlflow.log_artifact(str(path), artifact_path="model")
+                outbox.upload(path, artifact_path="model")
 
 
-def log_power_series(samples: list[list[float]], duration: float) -> None:
+def log_power_series(outbox: MlflowOutbox, samples: list[list[float]], duration: float) -> None:
     """Total GPU power over the job as the metric gpu_power_watts, its step the second since the start."""
-    from mlflow.entities import Metric
-
-    run_id, started_ms = mlflow.active_run().info.run_id, (time.time() - duration) * 1000
-    points = [Metric("gpu_power_watts", watts, int(started_ms + 1000 * t), int(t)) for t, watts in samples]
-    for start in range(0, len(points), 1000):  # the tracking API takes at most 1000 metrics per call
-        MlflowClient().log_batch(run_id, metrics=points[start : start + 1000])
+    started_ms = (time.time() - duration) * 1000
+    outbox.log_points([("gpu_power_watts", watts, int(started_ms + 1000 * t), int(t)) for t, watts in samples])
 
 
 def _is_full_weights(path: Path) -> bool:

@@ -7,6 +7,8 @@ run starts and before the model loads, so a mistake costs seconds and leaves not
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,15 +17,26 @@ import click
 import torch
 from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
-from shared.data import file_sha256, padding_collator, read_records, split_off_dev, tokenize_records
+from shared.data import batch_collator, file_sha256, read_records, split_off_dev, tokenize_records
 from shared.energy import EnergyMeter, EnergyReport, sum_reports
-from shared.modeling import count_parameters, load_tokenizer
-from shared.stopping import RelativeEarlyStopping
-from shared.tracking import MlflowMetricsCallback, is_main_process, log_params_once, log_training_outputs, tracked_run
+from shared.modeling import check_weights_format, count_parameters, load_tokenizer
+from shared.preemption import PreemptionCallback
+from shared.stopping import DivergenceGuard, RelativeEarlyStopping
+from shared.tracking import (
+    RUN_FILE,
+    MlflowMetricsCallback,
+    check_tracking_server,
+    is_main_process,
+    log_params_once,
+    log_training_outputs,
+    tracked_run,
+)
 
 log = logging.getLogger(__name__)
+
+COMPLETION_MARKER = "training_complete.json"
+DEFAULT_MIN_FREE_GB = 1.0
 
 
 def run_training(
@@ -41,8 +54,11 @@ def run_training(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output_dir: Path = flags["output_dir"]
-    checkpoint = check_output_dir(output_dir, flags["resume"])
+    checkpoint = check_output_dir(output_dir, flags["resume"], schedule(flags))
     check_precision(flags)
+    check_weights_format(flags)
+    if is_main_process():
+        check_tracking_server(flags["tracking_uri"])
     # Built before the model: under a launcher this joins the process group, and with ZeRO-3 it makes
     # from_pretrained load each rank's shard only. The step-0 evaluation runs inside train() (eval_on_start):
     # a DeepSpeed engine prepared by an evaluate() before train() has no optimizer and cannot train.
@@ -52,13 +68,16 @@ def run_training(
     train_data = tokenize_records(train_records, tokenizer, flags["max_length"], "training data")
     dev_data = tokenize_records(dev_records, tokenizer, flags["max_length"], "dev data")
     for name, data in (("train", train_data), ("dev", dev_data)):
-        data_params.update({f"{name}_truncated": data.truncated, f"{name}_dropped": data.dropped})
+        data_params.update(
+            {f"{name}_kept": len(data.dataset), f"{name}_truncated": data.truncated, f"{name}_dropped": data.dropped}
+        )
 
     tracking = {
         k: flags[k] for k in ("base_model", "system_metrics", "tracking_uri", "experiment_name", "run_name", "resume")
     }
     PartialState().wait_for_everyone()  # every rank has checked the output directory before rank 0 writes to it
-    with tracked_run(method, {**flags, **data_params}, output_dir, **tracking):
+    preemption = PreemptionCallback()
+    with preemption.catching_signals(), tracked_run(method, {**flags, **data_params}, output_dir, **tracking) as outbox:
         meter = EnergyMeter() if int(os.environ.get("LOCAL_RANK", "0")) == 0 else None  # one meter per node
         if meter:
             meter.start()
@@ -69,16 +88,21 @@ def run_training(
             f"Trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
             f"({counts['trainable_percent']:.4f}%)"
         )
-        callbacks = [RelativeEarlyStopping(flags["patience"], flags["min_improvement"])]
+        callbacks = [
+            RelativeEarlyStopping(flags["patience"], flags["min_improvement"]),
+            DivergenceGuard(flags["learning_rate"]),
+            preemption,
+        ]
+        collator = batch_collator(tokenizer, flags["packing"], flags["bounded_rows"])
         if is_main_process():
             log_params_once(counts)
-            callbacks.append(MlflowMetricsCallback())
+            callbacks.append(MlflowMetricsCallback(outbox, collator))
         trainer = Trainer(
             model=model,
             args=args,
             train_dataset=train_data.dataset,
             eval_dataset=dev_data.dataset,
-            data_collator=padding_collator(tokenizer),
+            data_collator=collator,
             processing_class=tokenizer,
             callbacks=callbacks,
         )
@@ -96,12 +120,20 @@ def run_training(
                 energy.write(path)
             # The loss of the checkpoint kept (log_history also holds the step-0 evaluation, which is no checkpoint)
             log_training_outputs(
+                outbox,
                 output_dir,
                 energy,
                 best_eval_loss=trainer.state.best_metric,
                 runtime=result.metrics["train_runtime"],
                 tokens=trainer.state.num_input_tokens_seen,
             )
+            marker = {
+                "run_id": outbox.run_id,
+                "best_eval_loss": trainer.state.best_metric,
+                "global_step": trainer.state.global_step,
+                "schedule": schedule(flags),
+            }
+            (output_dir / COMPLETION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
 def job_energy(meter: EnergyMeter | None) -> EnergyReport | None:
@@ -127,18 +159,88 @@ def cpu_settings(trainer_settings: dict) -> dict:
     return {"accelerator_config": {"use_configured_state": True}, **trainer_settings}
 
 
-def check_output_dir(output_dir: Path, resume: bool) -> str | None:
-    """Refuse to overwrite a result; with --resume, return the checkpoint to continue from."""
+def schedule(flags: dict) -> dict:
+    """How long a training was asked to run: a finished one resumed with a longer schedule goes on."""
+    return {"epochs": flags["epochs"], "max_steps": flags["max_steps"]}
+
+
+def check_output_dir(output_dir: Path, resume: bool, requested: dict) -> str | None:
+    """Refuse to overwrite a result; with --resume, return the checkpoint to continue from (None: from step 0).
+
+    A finished output resumed with the schedule it finished (a requeued job) has nothing to do; resumed with
+    another one (more steps or epochs), its training continues from the last checkpoint.
+    """
+    check_writable(output_dir)
+    marker = output_dir / COMPLETION_MARKER
+    if marker.is_file():
+        if not resume:
+            raise click.UsageError(
+                f"{output_dir} holds a finished training ({COMPLETION_MARKER}): choose another --output-dir"
+            )
+        finished = json.loads(marker.read_text()).get("schedule")
+        if finished == requested:
+            raise AlreadyComplete(output_dir)
+        log.info("%s finished under %s: continuing it under %s", output_dir, finished, requested)
     if resume:
-        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if checkpoint is None:
+        checkpoint = last_complete_checkpoint(output_dir) if output_dir.is_dir() else None
+        if checkpoint is None and not (output_dir / RUN_FILE).is_file():
             raise click.UsageError(f"--resume: {output_dir} holds no checkpoint-* folder to continue from")
+        if checkpoint is None:
+            log.info("%s holds no checkpoint yet: training again from step 0 in the same MLflow run", output_dir)
         return checkpoint
     if output_dir.exists() and any(output_dir.iterdir()):
         raise click.UsageError(
             f"{output_dir} is not empty: pass --resume to continue its training, or choose another --output-dir"
         )
     return None
+
+
+def check_writable(output_dir: Path) -> None:
+    """Refuse an output location that cannot be written or has too little free space, before any work."""
+    existing = next(p for p in (output_dir, *output_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise click.UsageError(f"--output-dir {output_dir}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise click.UsageError(f"--output-dir {output_dir}: cannot write in {existing} ({err.strerror})") from None
+    free_gb = shutil.disk_usage(existing).free / 2**30
+    needed_gb = float(os.environ.get("PEFT_WORKBENCH_MIN_FREE_GB", DEFAULT_MIN_FREE_GB))
+    if free_gb < needed_gb:
+        raise click.UsageError(
+            f"--output-dir {output_dir}: only {free_gb:.1f} GiB free in {existing}, {needed_gb:g} GiB needed for "
+            "checkpoints (set PEFT_WORKBENCH_MIN_FREE_GB to change the floor)"
+        )
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing; one cut short by a kill is set aside, never resumed."""
+    for checkpoint in sorted(output_dir.glob("checkpoint-*"), key=_step, reverse=True):
+        if _step(checkpoint) < 0:
+            continue
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())  # written last, after weights and optimizer
+            return str(checkpoint)
+        except (OSError, ValueError):
+            aside = checkpoint.with_name(f"incomplete-{checkpoint.name}")
+            log.warning("%s was cut short while saving: moved to %s, resuming from an earlier one", checkpoint, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+            checkpoint.rename(aside)
+    return None
+
+
+def _step(checkpoint: Path) -> int:
+    suffix = checkpoint.name.removeprefix("checkpoint-")
+    return int(suffix) if suffix.isdigit() else -1
+
+
+class AlreadyComplete(click.exceptions.Exit):
+    """A finished output directory: a rerun (a requeued job, say) has nothing to do and exits successfully."""
+
+    def __init__(self, output_dir: Path) -> None:
+        click.echo(f"{output_dir} holds a finished training ({COMPLETION_MARKER}): nothing to do", err=True)
+        super().__init__(0)
 
 
 def check_precision(flags: dict) -> None:
@@ -180,6 +282,8 @@ def training_arguments(flags: dict, **overrides: Any) -> TrainingArguments:
         per_device_train_batch_size=flags["batch_size"],
         per_device_eval_batch_size=flags["batch_size"],
         gradient_accumulation_steps=flags["gradient_accumulation"],
+        train_sampling_strategy="group_by_length" if flags["group_by_length"] else "random",
+        torch_compile=flags["torch_compile"],
         activation_checkpointing=flags["gradient_checkpointing"],
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -194,6 +298,7 @@ def training_arguments(flags: dict, **overrides: Any) -> TrainingArguments:
         greater_is_better=False,
         restore_callback_states_from_checkpoint=True,
         include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # a NaN loss must show, so that DivergenceGuard stops the run
         report_to="none",  # MlflowMetricsCallback logs; transformers' own MLflow callback would log twice
         **overrides,
     )

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,11 +68,13 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> Iterator[str]:
-    """URI of a real MLflow tracking server on 127.0.0.1 (sqlite backend, artifacts served), for the session."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
+@contextmanager
+def running_server(root: Path, port: int | None = None) -> Iterator[str]:
+    """A real MLflow tracking server on 127.0.0.1 with its store under ROOT, stopped on exit; yields its URI.
+
+    Started again on the same ROOT and port, it serves the same runs (a server that went away and came back).
+    """
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
@@ -79,7 +82,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # hermetic: no outside store
     log = root / "server.log"
-    with log.open("w") as handle:
+    with log.open("a") as handle:
         # Own session, so a hung server's workers can be killed together as one group.
         process = subprocess.Popen(
             command, cwd=root, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -89,3 +92,10 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         yield uri
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """URI of a real MLflow tracking server on 127.0.0.1 (sqlite backend, artifacts served), for the session."""
+    with running_server(tmp_path_factory.mktemp("mlflow_server")) as uri:
+        yield uri

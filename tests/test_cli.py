@@ -1,7 +1,10 @@
-"""The scripts' command lines: MLproject mirrors the flags, and `--help` stays light."""
+"""The command lines: `--help` stays light, every method takes the same common flags, the container runs them."""
 
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -9,27 +12,6 @@ import yaml
 
 from conftest import REPO, load_command
 from shared.options import common_options
-
-# Flags MLproject cannot carry as `--flag {value}`: switches, and optional flags without a default.
-NOT_IN_MLPROJECT = {
-    "bf16", "fp16", "gradient_checkpointing", "resume", "system_metrics",
-    "dev_dataset", "cache_dir", "energy_log", "eval_steps", "run_name", "tracking_uri",
-}  # fmt: skip
-
-
-def test_mlproject_lora_entry_mirrors_the_flags_and_defaults():
-    entry = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["lora"]
-    options = {p.name: p for p in load_command("methods/lora/train.py").params}
-    declared = entry["parameters"]
-    assert set(declared) == set(options) - NOT_IN_MLPROJECT
-    for name, spec in declared.items():
-        option = options[name]
-        assert f"{option.opts[0]} {{{name}}}" in entry["command"], name
-        if option.required:
-            assert not isinstance(spec, dict) or "default" not in spec, name
-        else:
-            assert spec["default"] == option.default, name
-
 
 SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("methods/*/*.py"), *REPO.glob("scripts/*.py")])
 
@@ -65,3 +47,35 @@ def test_every_method_takes_the_same_common_flags():
     for script in scripts[1:]:
         params = describe(load_command(script))
         assert {n: params.get(n) for n in COMMON_NAMES} == {n: reference[n] for n in COMMON_NAMES}, script
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "expected"),
+    [
+        (["lora", "--help"], 0, "Usage: train.py"),
+        (["qlora", "merge", "--help"], 0, "Usage: merge.py"),
+        (["compare", "--help"], 0, "Usage: compare.py"),
+        (["nope"], 2, "unknown method or script 'nope'"),
+        (["bitfit", "merge"], 2, "method 'bitfit' has no merge.py"),
+    ],
+)
+def test_docker_entrypoint_runs_a_method_or_a_script(args, status, expected):
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # its `python`: this environment's
+    command = ["bash", REPO / "docker/entrypoint.sh", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PATH": path})
+    assert result.returncode == status
+    assert expected in result.stdout + result.stderr
+
+
+def test_compose_trains_beside_the_server_on_the_images_volumes():
+    compose = yaml.safe_load((REPO / "docker/compose.yaml").read_text())
+    train = compose["services"]["train"]
+    dockerfile = (REPO / train["build"]["dockerfile"]).read_text()
+    user = re.search(r"^ARG APP_USER=(\S+)", dockerfile, re.MULTILINE)[1]
+    hf_home = re.search(r"HF_HOME=(\S+)", dockerfile)[1].replace("${APP_USER}", user)
+    declared = re.search(r"^VOLUME \[(.*)\]", dockerfile, re.MULTILINE)[1]
+    image_volumes = {v.strip(' "').replace("${HF_HOME}", hf_home) for v in declared.split(",")}
+    assert image_volumes == {f"/home/{user}/.cache/huggingface", "/workspace/outputs"}
+    mounts = dict(v.split(":") for v in train["volumes"])
+    assert set(mounts.values()) == image_volumes and set(mounts) <= set(compose["volumes"])  # named volumes
+    assert train["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and "mlflow" in compose["services"]

@@ -1,12 +1,7 @@
 """LoRA end to end: the real script trains a tiny model, logs to a real MLflow store, and merges."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -14,7 +9,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import FAST, REPO, only_run, run_script
+from conftest import FAST, only_run, run_script
 from shared.data import file_sha256
 
 pytestmark = pytest.mark.slow
@@ -58,6 +53,8 @@ def test_run_holds_params_tags_and_data_identity(trained, synthetic_dataset, tin
     assert params["base_model"] == str(tiny_qwen2) and params["dataset"] == str(synthetic_dataset)
     assert params["dataset_rows"] == "240" and params["train_rows"] == "216" and params["dev_rows"] == "24"
     assert params["dataset_sha256"] == file_sha256(synthetic_dataset)
+    assert (params["train_kept"], params["train_truncated"], params["train_dropped"]) == ("216", "0", "0")
+    assert (params["dev_kept"], params["dev_truncated"], params["dev_dropped"]) == ("24", "0", "0")
     trainable, total = int(params["trainable_params"]), int(params["total_params"])
     assert 0 < trainable < total
     assert float(params["trainable_percent"]) == pytest.approx(100 * trainable / total)
@@ -129,28 +126,6 @@ def test_merged_model_matches_the_adapter(trained, tiny_qwen2, tmp_path):
     assert (logits(merged, tokens) - logits(base, tokens)).abs().max() > 1e-2, "the adapter must change the model"
 
 
-def test_resume_continues_into_the_same_run(tmp_path, tiny_qwen2, synthetic_dataset):
-    common = [
-        "--base-model",
-        tiny_qwen2,
-        "--dataset",
-        synthetic_dataset,
-        "--output-dir",
-        tmp_path / "out",
-        "--eval-steps",
-        5,
-    ]
-    assert train(tmp_path, *common, "--max-steps", 10).returncode == 0
-    _, first = only_run(tmp_path)
-    result = train(tmp_path, *common, "--max-steps", 20, "--resume")
-    assert result.returncode == 0, result.stderr[-3000:]
-    client, run = only_run(tmp_path)
-    assert run.info.run_id == first.info.run_id and run.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")]
-    assert steps == [0, 5, 10, 15, 20], "no second step-0 evaluation, and steps continue"
-    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 20
-
-
 def test_llama_architecture_trains_in_bf16_on_cpu(tmp_path, tiny_llama, synthetic_dataset):
     args = ["--base-model", tiny_llama, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out", "--bf16"]
     result = train(
@@ -210,21 +185,5 @@ def test_a_run_that_dies_after_starting_is_failed(tmp_path, tiny_qwen2, syntheti
     args = ["--base-model", broken, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out"]
     result = train(tmp_path, *args, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db")
     assert result.returncode != 0
-    _, run = only_run(tmp_path)
-    assert run.info.status == "FAILED"
-
-
-def test_a_terminated_run_is_failed_not_running(tmp_path, tiny_qwen2, synthetic_dataset):
-    """SIGTERM mid-training (a `kill`, a scheduler's stop) ends the MLflow run FAILED."""
-    args = ["--base-model", tiny_qwen2, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out"]
-    command = [sys.executable, str(REPO / "methods/lora/train.py"), *map(str, args), "--max-steps", "100000"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "MLFLOW_EXPERIMENT_NAME": "tests"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "out").glob("checkpoint-*")) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     _, run = only_run(tmp_path)
     assert run.info.status == "FAILED"

@@ -58,8 +58,9 @@ def test_credentials_never_leave_a_uri(uri, expected):
 
 def test_a_run_records_its_id_and_finishes(store, tmp_path):
     out = tmp_path / "out"
-    with open_run(store, out, params={"learning_rate": 0.001, "tracking_uri": "http://u:pw@host:5000"}) as run_id:
+    with open_run(store, out, params={"learning_rate": 0.001, "tracking_uri": "http://u:pw@host:5000"}) as outbox:
         pass
+    run_id = outbox.run_id
     run = MlflowClient(store).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["method"] == "lora"
@@ -81,8 +82,8 @@ def test_resume_reopens_the_same_run_and_keeps_first_params(store, tmp_path):
         pass
     with open_run(store, out, resume=True, params={"learning_rate": 0.001, "epochs": 5, "seed": 1}) as second:
         pass
-    assert second == first
-    run = MlflowClient(store).get_run(first)
+    assert second.run_id == first.run_id
+    run = MlflowClient(store).get_run(first.run_id)
     assert run.data.params == {"learning_rate": "0.001", "epochs": "3", "seed": "1"}
     assert run.info.status == "FINISHED"
     assert len(MlflowClient(store).search_runs([run.info.experiment_id])) == 1
@@ -94,13 +95,13 @@ def test_resume_without_a_run_record_is_refused(store, tmp_path):
 
 
 def test_metrics_get_stable_names_throughput_and_memory(store, tmp_path):
-    callback = MlflowMetricsCallback()
     args, state, control = (
         TrainingArguments(output_dir=str(tmp_path), report_to="none"),
         TrainerState(),
         TrainerControl(),
     )
-    with open_run(store, tmp_path / "out") as run_id:
+    with open_run(store, tmp_path / "out") as outbox:
+        callback = MlflowMetricsCallback(outbox)
         callback.on_train_begin(args, state, control)
         state.global_step, state.num_input_tokens_seen = 10, 5000
         callback.on_step_end(args, state, control)
@@ -108,7 +109,7 @@ def test_metrics_get_stable_names_throughput_and_memory(store, tmp_path):
         callback.on_log(args, state, control, logs=step_log)
         callback.on_log(args, state, control, logs={"eval_loss": 2.4, "epoch": 0.5})
         callback.on_log(args, state, control, logs={"train_loss": 2.6, "train_runtime": 12.0, "epoch": 1.0})
-    metrics = MlflowClient(store).get_run(run_id).data.metrics
+    metrics = MlflowClient(store).get_run(outbox.run_id).data.metrics
     assert metrics["train_loss"] == 2.5 and metrics["eval_loss"] == 2.4
     assert metrics["train_loss_mean"] == 2.6 and metrics["train_runtime"] == 12.0
     assert "loss" not in metrics
@@ -121,8 +122,9 @@ def test_attaches_to_the_run_mlflow_run_created(store, tmp_path, monkeypatch):
     created = client.create_run(client.create_experiment("projects")).info.run_id
     client.log_param(created, "learning_rate", "1e-3")  # as `mlflow run` logs its -P values
     monkeypatch.setenv("MLFLOW_RUN_ID", created)
-    with open_run(store, tmp_path / "out", params={"learning_rate": 0.001, "seed": 42}) as run_id:
+    with open_run(store, tmp_path / "out", params={"learning_rate": 0.001, "seed": 42}) as outbox:
         pass
+    run_id = outbox.run_id
     assert run_id == created
     run = client.get_run(created)
     assert run.data.params == {"learning_rate": "1e-3", "seed": "42"}
@@ -151,8 +153,9 @@ def test_secrets_never_reach_params_or_tags(store, tmp_path, monkeypatch):
         "base_model": "https://user:hf_abcdefSECRET123@hub.example.com/org/model",
         "note": "token hf_abcdefSECRET123 inline",
     }
-    with open_run(store, tmp_path / "out", params=params, run_name="run-hf_abcdefSECRET123") as run_id:
+    with open_run(store, tmp_path / "out", params=params, run_name="run-hf_abcdefSECRET123") as outbox:
         pass
+    run_id = outbox.run_id
     run = MlflowClient(store).get_run(run_id)
     stored = json.dumps([run.data.params, run.data.tags, run.info.run_name])
     assert "hf_abcdefSECRET123" not in stored and "pa55word-xyz" not in stored and "alice" not in stored
@@ -167,11 +170,11 @@ def test_measured_energy_becomes_metrics_and_a_power_series(store, tmp_path):
         True, "nvml_power_sampling", 600.0, 4.0, power_samples=[[0.0, 140.0], [2.0, 160.0], [4.0, 150.0]]
     )
     energy.cpu_joules = 80.0
-    with open_run(store, out) as run_id:
+    with open_run(store, out) as outbox:
         (out / "adapter_config.json").write_text("{}")
         energy.write(out / "energy.json")
-        log_training_outputs(out, energy, best_eval_loss=1.5, runtime=4.0, tokens=30_000)
-    client = MlflowClient(store)
+        log_training_outputs(outbox, out, energy, best_eval_loss=1.5, runtime=4.0, tokens=30_000)
+    client, run_id = MlflowClient(store), outbox.run_id
     metrics = client.get_run(run_id).data.metrics
     assert metrics["energy_joules"] == 600.0 and metrics["avg_power_watts"] == 150.0
     assert metrics["joules_per_1k_tokens"] == 20.0 and metrics["cpu_energy_joules"] == 80.0

@@ -21,7 +21,9 @@ def require_something_trainable(flags: dict) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(flags["base_model"], cache_dir=flags["cache_dir"])
+    config = AutoConfig.from_pretrained(
+        flags["base_model"], cache_dir=flags["cache_dir"], trust_remote_code=flags["trust_remote_code"]
+    )
     with torch.device("meta"):  # parameter names only: no weights are read or allocated
         names = [name for name, _ in AutoModelForCausalLM.from_config(config).named_parameters()]
     patterns = [re.compile(p) for p in flags["trainable_pattern"]]
