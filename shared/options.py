@@ -92,13 +92,15 @@ _COMMON_OPTIONS = [
         "--packing/--no-packing",
         default=True,
         show_default=True,
-        help="Padding-free batches: each batch's sequences in one row, attention kept within each sequence.",
+        help="Padding-free batches: a batch's sequences share rows, attention kept within each sequence.",
     ),
     click.option(
-        "--bounded-rows",
-        is_flag=True,
-        help="With --packing: several rows no longer than the batch's longest sequence instead of one; on a CPU "
-        "(dense attention) one long row costs more than the padding it saves.",
+        "--bounded-rows/--one-row",
+        default=True,
+        show_default=True,
+        help="With --packing: rows no longer than the batch's longest sequence, or the whole batch in one row. "
+        "Dense attention (SDPA, eager) costs a row's length squared, so one long row costs more than the padding "
+        "it saves; one row pays only with varlen FlashAttention.",
     ),
     click.option(
         "--group-by-length",

@@ -47,23 +47,25 @@ def train(cwd, model, dataset, *flags):
 
 @pytest.mark.slow
 def test_packing_keeps_the_dev_loss_and_removes_the_padding(tmp_path_factory, tiny_qwen2, tmp_path):
-    # Lengths that vary, so padded batches really pad.
-    records = [{**r, "output": r["output"] * (1 + i % 4)} for i, r in enumerate(spelled_digits(160))]
+    # Lengths that vary 1 to 16-fold, so padded batches really pad and short sequences fit beside long ones.
+    records = [{**r, "output": r["output"] * (1 + i % 4) ** 2} for i, r in enumerate(spelled_digits(160))]
     dataset = tmp_path / "varied.json"
     dataset.write_text(json.dumps(records))
     runs = {}
-    for name, flags in (("packed", []), ("padded", ["--no-packing"])):
-        cwd = tmp_path_factory.mktemp(name)
+    for name, flags in (("one row", ["--one-row"]), ("bounded", []), ("padded", ["--no-packing"])):
+        cwd = tmp_path_factory.mktemp(name.replace(" ", "_"))
         result = train(cwd, tiny_qwen2, dataset, *flags)
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = only_run(cwd)
-    packed, padded = runs["packed"][1], runs["padded"][1]
-    assert packed.data.params["packing"] == "True" and padded.data.params["packing"] == "False"
+    one_row, bounded, padded = (run for _, run in runs.values())
+    assert one_row.data.params["packing"] == "True" and padded.data.params["packing"] == "False"
+    assert bounded.data.params["bounded_rows"] == "True" and one_row.data.params["bounded_rows"] == "False"
     step0 = [c.get_metric_history(r.info.run_id, "eval_loss")[0] for c, r in runs.values()]
-    assert step0[0].step == step0[1].step == 0
-    assert abs(step0[0].value - step0[1].value) <= 1e-4, "the untouched model scores the dev set alike"
-    assert packed.data.metrics["padding_fraction"] == 0 and packed.data.metrics["padding_tokens_per_step"] == 0
+    assert {m.step for m in step0} == {0}
+    assert max(m.value for m in step0) - min(m.value for m in step0) <= 1e-4, "the untouched model scores alike"
+    assert one_row.data.metrics["padding_fraction"] == 0 and one_row.data.metrics["padding_tokens_per_step"] == 0
+    assert 0 < bounded.data.metrics["padding_fraction"] < padded.data.metrics["padding_fraction"]
     assert padded.data.metrics["padding_fraction"] > 0.05
     real = [c.get_metric_history(r.info.run_id, "real_tokens_per_step") for c, r in runs.values()]
     assert [m.step for m in real[0]] == [5, 10]
-    assert [m.value for m in real[0]] == [m.value for m in real[1]], "same seed, same batches, same real tokens"
+    assert [m.value for m in real[0]] == [m.value for m in real[1]] == [m.value for m in real[2]], "same batches"

@@ -1,0 +1,257 @@
+"""Measuring one training configuration in its own process: a method's real script, or the seed-style baseline.
+
+Both sides are timed by the same `StepMeter`: the seconds from one optimizer step's end to the next (data loading
+included, evaluation and checkpoint saving left out, as the tracking callback counts them), and per step the real
+(non-pad), padding and trained (label != -100) tokens of the batches it collated. The first steps are warm-up and
+stay out of the summary. Run as `python -m shared.benchmarking REPORT.json lora|baseline TRAIN_FLAGS...`.
+"""
+
+import importlib.util
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import torch
+from transformers import Trainer, TrainerCallback
+
+from shared.data import IGNORE_INDEX
+from shared.energy import EnergyMeter
+from shared.options import common_options, lora_options
+from shared.tracking import peak_memory_mb
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_EPOCHS = 3  # --epochs' default: the default schedule evaluates at step 0 and after each epoch
+# Dense bf16 peak of the GPUs an MFU is reported for (vendor data sheets); any other device reports no MFU.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+class StepMeter(TrainerCallback):
+    """Per optimizer step: seconds (collating and the optimizer's share too) and the real, padding and trained
+    tokens of its batches; the evaluation passes' seconds; energy over train()."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict] = []
+        self.pending = {"real": 0, "padding": 0, "trained": 0, "collate_seconds": 0.0, "optimizer_seconds": 0.0}
+        self.mark = self.optimizer_mark = time.perf_counter()
+        self.eval_seconds: list[float] = []
+        self.steps_per_epoch = 0
+        self.energy = EnergyMeter()
+        self.energy_report = None
+        self.memory = TrainingMemory()
+        self.params = {"trainable": 0, "total": 0}
+
+    def counting(self, collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+        """COLLATE, counting what each batch it builds holds."""
+
+        def collate_and_count(features: list[dict]) -> dict:
+            begin = time.perf_counter()
+            batch = collate(features)
+            self.pending["collate_seconds"] += time.perf_counter() - begin
+            real = sum(len(feature["input_ids"]) for feature in features)
+            self.pending["real"] += real
+            self.pending["padding"] += batch["input_ids"].numel() - real
+            self.pending["trained"] += int((batch["labels"] != IGNORE_INDEX).sum())
+            return batch
+
+        return collate_and_count
+
+    def _restart(self) -> None:
+        self.mark = time.perf_counter()
+        self.pending = dict.fromkeys(self.pending, 0)
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        from shared.modeling import count_parameters
+
+        self.steps_per_epoch = -(-len(train_dataloader) // args.gradient_accumulation_steps)
+
+        counts = count_parameters(model)
+        self.params = {"trainable": counts["trainable_params"], "total": counts["total_params"]}
+        self.energy.start()
+        self.memory.start()
+        self._restart()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.steps.append({"seconds": now - self.mark, **self.pending})
+        self._restart()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.optimizer_mark = time.perf_counter()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.pending["optimizer_seconds"] += time.perf_counter() - self.optimizer_mark
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.eval_seconds.append(time.perf_counter() - self.mark)
+        self._restart()  # evaluation batches went through the collator too
+
+    def on_save(self, args, state, control, **kwargs):
+        self._restart()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.energy_report = self.energy.stop()
+
+    def summary(self, warmup: int) -> dict:
+        """The measured steps (after WARMUP) summed up; energy spans the whole train(), warm-up included."""
+        measured = self.steps[warmup:]
+        if not measured:
+            raise RuntimeError(f"only {len(self.steps)} steps ran, none left after {warmup} warm-up steps")
+        seconds = sum(s["seconds"] for s in measured)
+        real, padding, trained = (sum(s[k] for s in measured) for k in ("real", "padding", "trained"))
+        report = self.energy_report
+        joules = report.joules if report.joules is not None else report.cpu_joules
+        all_real = sum(s["real"] for s in self.steps)
+        median_step = statistics.median(s["seconds"] for s in measured)
+        eval_pass = statistics.median(self.eval_seconds) if self.eval_seconds else None
+        epoch_seconds = self.steps_per_epoch * median_step
+        return {
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "steps_measured": len(measured),
+            "warmup_steps": warmup,
+            "real_tokens_per_second": real / seconds,
+            "trained_tokens_per_second": trained / seconds,
+            "padding_fraction": padding / (real + padding),
+            "median_step_seconds": median_step,
+            "collate_share": sum(s["collate_seconds"] for s in measured) / seconds,
+            "optimizer_share": sum(s["optimizer_seconds"] for s in measured) / seconds,
+            "eval_pass_seconds": eval_pass,
+            "eval_share_default_schedule": None
+            if eval_pass is None
+            else eval_pass * (DEFAULT_EPOCHS + 1) / (DEFAULT_EPOCHS * epoch_seconds),
+            "peak_memory_mb": peak_memory_mb(),
+            "training_memory_mb": self.memory.added_mb(),
+            "energy_joules_per_1k_tokens": None if joules is None else joules * 1000 / all_real,
+            "energy_note": None if joules is not None else f"GPU: {report.reason}; CPU: {report.cpu_reason}",
+            "trainable_params": self.params["trainable"],
+            "total_params": self.params["total"],
+            "mfu": mfu(real / seconds, self.params["total"], full=self.params["trainable"] == self.params["total"]),
+        }
+
+
+class TrainingMemory:
+    """What training adds to memory: the peak since train() began minus what was resident then (activations,
+    gradients, optimizer state), apart from the weights and the imports, which differ between configurations by
+    the modules they load (MLflow's client alone is ~40 MB of RSS). CUDA allocated memory on a GPU; RSS on a CPU,
+    whose high-water mark Linux resets through /proc/self/clear_refs (None where it cannot)."""
+
+    def __init__(self) -> None:
+        self.resident_mb: float | None = None
+
+    def start(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            self.resident_mb = torch.cuda.memory_allocated() / 2**20
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.resident_mb = _proc_status_mb("VmRSS")
+        except OSError:
+            self.resident_mb = None
+
+    def added_mb(self) -> float | None:
+        if self.resident_mb is None:
+            return None
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated() / 2**20 - self.resident_mb
+        return _proc_status_mb("VmHWM") - self.resident_mb
+
+
+def _proc_status_mb(field: str) -> float:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(f"{field}:"))
+    return int(line.split()[1]) / 1024
+
+
+def flops_per_token(params: int, full: bool) -> float:
+    """Training FLOPs per token: 6N for full fine-tuning (forward 2N, backward 4N); 4N with a frozen base,
+    whose weight gradients are skipped while the activation gradients still flow through it. Attention ignored."""
+    return (6 if full else 4) * params
+
+
+def mfu(tokens_per_second: float, params: int, full: bool) -> float | None:
+    """Model FLOPs utilisation against the GPU's dense bf16 peak; None on a CPU or an unlisted GPU."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    peak = next((flops for model, flops in PEAK_BF16_FLOPS.items() if model in name), None)
+    return None if peak is None else tokens_per_second * flops_per_token(params, full) / peak
+
+
+def run_method(method: str, train_args: list[str], meter: StepMeter) -> None:
+    """Run methods/METHOD/train.py's command in this process, its Trainer carrying METER; nothing else changes."""
+    import shared.training
+
+    class MeteredTrainer(Trainer):
+        def __init__(self, *args, callbacks=None, data_collator=None, **kwargs):
+            callbacks = [*(callbacks or []), meter]
+            super().__init__(*args, callbacks=callbacks, data_collator=meter.counting(data_collator), **kwargs)
+
+    shared.training.Trainer = MeteredTrainer
+    spec = importlib.util.spec_from_file_location(f"{method}_train", REPO / "methods" / method / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main.main(train_args, prog_name=f"{method}/train.py", standalone_mode=False)
+
+
+def run_baseline(flags: dict, meter: StepMeter) -> None:
+    """The seed-style training the source projects run: plain Trainer, LoRA, DataCollatorForLanguageModeling
+    (each batch padded to its longest row, loss on every token, no packing), on the same records and dev split,
+    the same sequences per step and LoRA settings as the methods; flags as the LoRA script takes them."""
+    from datasets import Dataset
+    from peft import get_peft_model
+    from transformers import DataCollatorForLanguageModeling, TrainingArguments, set_seed
+
+    from shared.data import read_records, render, split_off_dev
+    from shared.modeling import load_base_model, load_tokenizer, lora_config
+
+    records = read_records(flags["dataset"])
+    if flags["dev_dataset"] is None:
+        records, _ = split_off_dev(records, flags["dev_fraction"], flags["seed"])
+    tokenizer = load_tokenizer(flags)
+    texts = ["".join(render(tokenizer, r["input"], r["output"])) for r in records]
+    data = Dataset.from_dict({"text": texts}).map(
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=flags["max_length"]),
+        batched=True,
+        remove_columns=["text"],
+    )
+    set_seed(flags["seed"])
+    model = get_peft_model(load_base_model(flags), lora_config(flags))
+    args = TrainingArguments(
+        output_dir=str(flags["output_dir"]),
+        max_steps=flags["max_steps"],
+        learning_rate=flags["learning_rate"],
+        per_device_train_batch_size=flags["batch_size"],
+        gradient_accumulation_steps=flags["gradient_accumulation"],
+        bf16=flags["bf16"],
+        seed=flags["seed"],
+        logging_steps=flags["logging_steps"],
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=meter.counting(collator))
+    trainer.add_callback(meter)
+    trainer.train()
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("report", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("configuration")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=3, show_default=True)
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+def main(report: Path, configuration: str, warmup_steps: int, train_args: tuple[str, ...]) -> None:
+    """Train CONFIGURATION (a method, or `baseline`) with TRAIN_ARGS and write its measured numbers to REPORT."""
+    meter = StepMeter()
+    if configuration == "baseline":
+        baseline = lora_options(common_options(click.command()(lambda **flags: run_baseline(flags, meter))))
+        baseline.main(list(train_args), prog_name="baseline", standalone_mode=False)
+    else:
+        run_method(configuration, list(train_args), meter)
+    report.write_text(json.dumps(meter.summary(warmup_steps), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
