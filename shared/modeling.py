@@ -1,5 +1,6 @@
 """Loading the base model and tokenizer, and counting what a method trains."""
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -32,6 +33,16 @@ def check_weights_format(flags: dict) -> None:
         )
 
 
+def check_attention(flags: dict) -> None:
+    """Refuse, before any run starts, an attention kernel this machine cannot run."""
+    if flags["attention"] != "flash_attention_2":
+        return
+    if not torch.cuda.is_available():
+        raise click.UsageError("--attention flash_attention_2 needs a CUDA GPU; on a CPU use sdpa or eager")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise click.UsageError("--attention flash_attention_2 needs the flash-attn package: pip install flash-attn")
+
+
 def load_tokenizer(flags: dict):
     tokenizer = AutoTokenizer.from_pretrained(
         flags["base_model"], cache_dir=flags["cache_dir"], trust_remote_code=flags["trust_remote_code"]
@@ -50,6 +61,7 @@ def load_base_model(flags: dict, **kwargs) -> PreTrainedModel:
         flags["base_model"],
         cache_dir=flags["cache_dir"],
         trust_remote_code=flags["trust_remote_code"],
+        attn_implementation=flags["attention"],
         use_safetensors=None if flags["allow_pickle_weights"] else True,  # None: safetensors first, pickle allowed
         **kwargs,
     )

@@ -89,6 +89,14 @@ _COMMON_OPTIONS = [
         help="Tokens per record; longer ones are truncated (or dropped when the prompt alone fills it).",
     ),
     click.option(
+        "--attention",
+        type=click.Choice(["sdpa", "eager", "flash_attention_2"]),
+        default="sdpa",
+        show_default=True,
+        help="Attention kernel. flash_attention_2 needs a CUDA GPU and the flash-attn package; with it, packed "
+        "sequences run as variable-length attention and --one-row pays.",
+    ),
+    click.option(
         "--packing/--no-packing",
         default=True,
         show_default=True,

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from shared.data import batch_collator, file_sha256, read_records, split_off_dev, tokenize_records
 from shared.energy import EnergyMeter, EnergyReport, sum_reports
-from shared.modeling import check_weights_format, count_parameters, load_tokenizer
+from shared.modeling import check_attention, check_weights_format, count_parameters, load_tokenizer
 from shared.preemption import PreemptionCallback
 from shared.stopping import DivergenceGuard, RelativeEarlyStopping
 from shared.tracking import (
@@ -57,6 +57,7 @@ def run_training(
     checkpoint = check_output_dir(output_dir, flags["resume"], schedule(flags))
     check_precision(flags)
     check_weights_format(flags)
+    check_attention(flags)
     if is_main_process():
         check_tracking_server(flags["tracking_uri"])
     # Built before the model: under a launcher this joins the process group, and with ZeRO-3 it makes

@@ -159,7 +159,7 @@ def test_bad_flags_are_refused(tmp_path, tiny_qwen2, synthetic_dataset, flags, m
 def test_mixed_precision_keeps_float32_weights_unless_deepspeed_does(tiny_qwen2):
     full_model = load_command(SCRIPT).callback.__globals__["full_model"]
     flags = {"base_model": str(tiny_qwen2), "cache_dir": None, "bf16": True, "fp16": False}
-    flags.update(trust_remote_code=False, allow_pickle_weights=False)
+    flags.update(trust_remote_code=False, allow_pickle_weights=False, attention="sdpa")
     plain, zero = full_model({**flags, "deepspeed": None}), full_model({**flags, "deepspeed": "zero2"})
     assert {p.dtype for p in plain.parameters()} == {torch.float32}
     assert {p.dtype for p in zero.parameters()} == {torch.bfloat16}, "DeepSpeed keeps its own float32 copy"

@@ -126,8 +126,21 @@ def test_merged_model_matches_the_adapter(trained, tiny_qwen2, tmp_path):
     assert (logits(merged, tokens) - logits(base, tokens)).abs().max() > 1e-2, "the adapter must change the model"
 
 
+def test_the_attention_kernel_asked_for_is_the_one_loaded(tiny_qwen2):
+    from shared.modeling import load_base_model
+
+    flags = {"base_model": str(tiny_qwen2), "cache_dir": None, "bf16": False, "fp16": False}
+    flags.update(trust_remote_code=False, allow_pickle_weights=False)
+    loaded = {kernel: load_base_model({**flags, "attention": kernel}) for kernel in ("sdpa", "eager")}
+    assert {kernel: model.config._attn_implementation for kernel, model in loaded.items()} == {
+        "sdpa": "sdpa",
+        "eager": "eager",
+    }
+
+
 def test_llama_architecture_trains_in_bf16_on_cpu(tmp_path, tiny_llama, synthetic_dataset):
     args = ["--base-model", tiny_llama, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out", "--bf16"]
+    args += ["--attention", "eager"]
     result = train(
         tmp_path, *args, "--max-steps", 20, "--eval-steps", 10, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
         "--no-system-metrics", env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
@@ -136,7 +149,7 @@ def test_llama_architecture_trains_in_bf16_on_cpu(tmp_path, tiny_llama, syntheti
     client, run = only_run(tmp_path)
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "eval_loss")]
     assert len(losses) == 3 and losses[-1] < losses[0]
-    assert run.data.params["bf16"] == "True"
+    assert run.data.params["bf16"] == "True" and run.data.params["attention"] == "eager"
     assert not any(key.startswith("system/") for key in run.data.metrics), "--no-system-metrics"
 
 
@@ -169,6 +182,8 @@ def test_bad_data_is_refused_before_anything_starts(tmp_path, tiny_qwen2):
         (["--learning-rate", -1], "--learning-rate"),
         (["--bf16", "--fp16"], "--bf16 and --fp16 exclude each other"),
         (["--resume"], "holds no checkpoint"),
+        # Without a GPU the first check speaks; on a GPU without flash-attn, the second.
+        (["--attention", "flash_attention_2"], "--attention flash_attention_2 needs"),
     ],
 )
 def test_bad_flags_are_refused(tmp_path, tiny_qwen2, synthetic_dataset, flags, message):

@@ -40,7 +40,7 @@ def test_the_base_really_is_4bit(tiny_qwen2):
 
     flags = {
         "base_model": str(tiny_qwen2), "cache_dir": None, "bf16": False, "fp16": False, "gradient_checkpointing": False,
-        "trust_remote_code": False, "allow_pickle_weights": False,
+        "trust_remote_code": False, "allow_pickle_weights": False, "attention": "sdpa",
         "quant_bits": 4, "quant_type": "nf4", "compute_dtype": "float32", "double_quant": True,
         "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "all-linear",
     }  # fmt: skip
