@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.data import DataError, read_json_rows, read_records
-from shared.formats import MissingField, convert_paraphrase
+from shared.formats import convert_paraphrase, convert_rows
 from shared.sandbox import Program
 
 # Names LiveCodeBench solutions may use without importing them (a subset of what its own harness imports).
@@ -141,13 +141,9 @@ def exact_match_tasks(path: Path) -> list[TextTask]:
 def paraphrase_tasks(path: Path) -> list[TextTask]:
     """The raw paraphrase file: each original and each of its paraphrases, all answered by the original `output`."""
     tasks = []
-    for index, row in enumerate(read_json_rows(path)):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: record {index} is a {type(row).__name__}, expected an object")
-        try:
-            records = convert_paraphrase(row)
-        except MissingField as err:
-            raise DataError(f"{path}: record {index}: field '{err.field}' is missing") from None
+    rows = read_json_rows(path)
+    for index, row in enumerate(rows):
+        records = convert_rows(str(path), rows, convert_paraphrase, [index])  # checked as prepare_data checks it
         buckets = ["original"] + [str(int(p["bucket"])) for p in row["paraphrases"]]
         for number, (record, bucket) in enumerate(zip(records, buckets, strict=True)):
             tasks.append(TextTask(f"{index}/{number}", record["input"], record["output"], bucket))

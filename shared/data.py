@@ -42,14 +42,10 @@ def read_records(path: Path) -> list[dict[str, str]]:
 def read_json_rows(path: Path) -> list[Any]:
     """The rows of a JSON list or a JSONL file (by suffix), with errors naming the file and the line."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
     if path.suffix == ".jsonl":
-        return _parse_jsonl(path, text)
+        return [row for _, row in read_jsonl_lines(path)]
     try:
-        rows = json.loads(text)
+        rows = json.loads(_utf8_text(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
     if not isinstance(rows, list):
@@ -57,16 +53,26 @@ def read_json_rows(path: Path) -> list[Any]:
     return rows
 
 
-def _parse_jsonl(path: Path, text: str) -> list[Any]:
-    records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+def read_jsonl_lines(path: Path) -> list[tuple[int, Any]]:
+    """The rows of a JSONL file with their line numbers (blank lines skipped), errors naming the file and the line."""
+    rows = []
+    for line_number, line in enumerate(_utf8_text(Path(path)).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            rows.append((line_number, json.loads(line)))
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: line {line_number} is not valid JSON: {err.msg}") from None
-    return records
+    return rows
+
+
+def _utf8_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {err.start})") from None
 
 
 def validate_record(path: Path | str, index: int, record: Any) -> None:
@@ -75,12 +81,17 @@ def validate_record(path: Path | str, index: int, record: Any) -> None:
         raise DataError(
             f"{path}: record {index} is a {type(record).__name__}, expected an object with {REQUIRED_FIELDS}"
         )
-    for field in REQUIRED_FIELDS:
+    check_string_fields(f"{path}: record {index}", record, REQUIRED_FIELDS)
+
+
+def check_string_fields(where: str, record: dict, fields: tuple[str, ...]) -> None:
+    """Refuse a record whose `fields` are missing or not strings; `where` names the file and the record."""
+    for field in fields:
         if field not in record:
-            raise DataError(f"{path}: record {index}: field '{field}' is missing")
+            raise DataError(f"{where}: field '{field}' is missing")
         if not isinstance(record[field], str):
             found = "null" if record[field] is None else type(record[field]).__name__
-            raise DataError(f"{path}: record {index}: field '{field}' must be a string, found {found}")
+            raise DataError(f"{where}: field '{field}' must be a string, found {found}")
 
 
 def file_sha256(path: Path) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from shared.benchmarks import CodeTask, TextTask
+from shared.data import DataError, check_string_fields, read_jsonl_lines
 from shared.redaction import redact_uri, scrub
 from shared.sandbox import Limits, run_programs
 from shared.scoring import bucket_scores, normalize, pass_at_k, text_scores
@@ -24,37 +25,19 @@ RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
 
 
-class CompletionsError(click.ClickException):
-    """A --completions file that cannot be scored; the message names the file, the line and the field."""
-
-
 def read_completions(path: Path, task_ids: set[str]) -> dict[str, list[str]]:
     """{task_id: [completion, ...]} from a JSONL file of {task_id, completion} records."""
     by_task: dict[str, list[str]] = defaultdict(list)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise CompletionsError(f"{path}: cannot be read as UTF-8 text ({err})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CompletionsError(f"{path}: line {number} is not valid JSON: {err.msg}") from None
+    for number, record in read_jsonl_lines(path):
+        where = f"{path}: line {number}"
         if not isinstance(record, dict):
-            raise CompletionsError(f"{path}: line {number} is a {type(record).__name__}, expected an object")
-        for field in ("task_id", "completion"):
-            if field not in record:
-                raise CompletionsError(f"{path}: line {number}: field '{field}' is missing")
-            if not isinstance(record[field], str):
-                found = "null" if record[field] is None else type(record[field]).__name__
-                raise CompletionsError(f"{path}: line {number}: field '{field}' must be a string, found {found}")
+            raise DataError(f"{where} is a {type(record).__name__}, expected an object")
+        check_string_fields(where, record, ("task_id", "completion"))
         if record["task_id"] not in task_ids:
-            raise CompletionsError(f"{path}: line {number}: field 'task_id': {record['task_id']!r} is not a task")
+            raise DataError(f"{where}: field 'task_id': {record['task_id']!r} is not a task")
         by_task[record["task_id"]].append(record["completion"])
     if not by_task:
-        raise CompletionsError(f"{path}: no completions")
+        raise DataError(f"{path}: no completions")
     return dict(by_task)
 
 

@@ -25,6 +25,7 @@ class MlflowOutbox:
 
     def __init__(self, run_id: str, output_dir: Path) -> None:
         self.run_id = run_id
+        self.client = MlflowClient()
         self.output_dir = Path(output_dir)
         self.path = self.output_dir / OUTBOX_FILE
         self.offline = False
@@ -49,7 +50,7 @@ class MlflowOutbox:
     def _deliver(self, action: dict) -> None:
         if not self.offline:
             try:
-                send(MlflowClient(), self.run_id, action)
+                send(self.client, self.run_id, action)
                 return
             except UNREACHABLE as err:
                 self.offline = True
