@@ -74,13 +74,13 @@ def job_records(job: str) -> list[dict[str, str]]:
     return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in result.stdout.splitlines() if line.strip()]
 
 
-def wait_until(condition, timeout: float, what: str):
+def wait_until(condition, timeout: float, what: str, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -139,7 +139,7 @@ def preempt_and_resume(cwd: Path, name: str, job: str) -> tuple[int, str]:
             raise AssertionError(f"job {job} ended before its first checkpoint:\n{log_of(cwd, name, job)[-3000:]}")
         return sorted((cwd / "out").glob("checkpoint-*"))
 
-    checkpoint = wait_until(first_checkpoint, 240, f"job {job}'s first checkpoint")[0]
+    checkpoint = wait_until(first_checkpoint, 240, f"job {job}'s first checkpoint", interval=0.1)[0]
     # --batch: the signal goes to the batch shell only, as `#SBATCH --signal=B:USR1@...` sends it.
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
 
@@ -159,12 +159,18 @@ def preempt_and_resume(cwd: Path, name: str, job: str) -> tuple[int, str]:
     return int(checkpoint.name.split("-")[1]), log
 
 
+# The tiny model trains ~70 steps/s: a run this long is still training seconds after its first checkpoint (step
+# 10) appears, so the signal cannot arrive after the end. With 40 steps it sometimes did, and the job completed.
+PREEMPTED_RUN_STEPS = 400
+
+
 def steps(client, run, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run.info.run_id, key)]
 
 
 def test_preempted_lora_job_requeues_and_resumes_into_the_same_run(tmp_path, tiny_qwen2, synthetic_dataset):
-    job = submit(tmp_path, "slurm/lora.sbatch", *train_args(tmp_path, tiny_qwen2, synthetic_dataset, 40, 10))
+    args = train_args(tmp_path, tiny_qwen2, synthetic_dataset, PREEMPTED_RUN_STEPS, 10)
+    job = submit(tmp_path, "slurm/lora.sbatch", *args)
     checkpoint_step, log = preempt_and_resume(tmp_path, "lora", job)
 
     assert "preempted on SIGUSR1 (trainer exit status 75); requeueing" in log
@@ -177,13 +183,13 @@ def test_preempted_lora_job_requeues_and_resumes_into_the_same_run(tmp_path, tin
     assert run.data.tags["slurm_job_id"] == job
     # Continued, not restarted: every step logged once, the base model evaluated once, training to the end.
     train_steps, eval_steps = steps(client, run, "train_loss"), steps(client, run, "eval_loss")
-    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 40
-    assert eval_steps == sorted(set(eval_steps)) and eval_steps[0] == 0 and eval_steps[-1] == 40
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == PREEMPTED_RUN_STEPS
+    assert eval_steps == sorted(set(eval_steps)) and eval_steps[0] == 0 and eval_steps[-1] == PREEMPTED_RUN_STEPS
 
 
 def test_fft_job_under_srun_and_torchrun_resumes_after_preemption(tmp_path, tiny_qwen2, synthetic_dataset):
     """One node here: the same srun + torchrun rendezvous as several nodes, and the signal through both."""
-    args = train_args(tmp_path, tiny_qwen2, synthetic_dataset, 40, 10)
+    args = train_args(tmp_path, tiny_qwen2, synthetic_dataset, PREEMPTED_RUN_STEPS, 10)
     job = submit(tmp_path, "slurm/fft.sbatch", *args, options=["--nodes=1", "--gres=gpu:1"])
     checkpoint_step, log = preempt_and_resume(tmp_path, "fft", job)
 
@@ -194,7 +200,7 @@ def test_fft_job_under_srun_and_torchrun_resumes_after_preemption(tmp_path, tiny
     assert run.info.status == "FINISHED"
     assert (run.data.tags["slurm_job_id"], run.data.tags["method"]) == (job, "fft")
     train_steps = steps(client, run, "train_loss")
-    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 40
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == PREEMPTED_RUN_STEPS
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
