@@ -37,9 +37,10 @@ def test_a_server_lost_mid_run_loses_nothing(tmp_path, tiny_qwen2, synthetic_dat
     port = free_port()
     args = [
         "--base-model", tiny_qwen2, "--dataset", synthetic_dataset, "--output-dir", out, "--experiment-name", "tests",
-        *FAST, "--gradient-accumulation", 4, "--eval-steps", 5, "--max-steps", 40, "--logging-steps", 5,
+        *FAST, "--gradient-accumulation", 4, "--eval-steps", 5, "--max-steps", 100, "--logging-steps", 5,
         "--no-system-metrics",
     ]  # fmt: skip
+    # 100 steps: the job is still training seconds after its first checkpoint, when the server is stopped.
     with running_server(root, port) as uri:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "HF_HUB_OFFLINE": "1"}
         command = [sys.executable, str(REPO / "methods/lora/train.py"), *map(str, args)]
