@@ -11,6 +11,7 @@ readable RAPL) the report says why and carries `None`, never a made-up 0; traini
 import bisect
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -264,7 +265,8 @@ class EnergyMeter:
     def _record_total(self, t: float, watts: list[float | None]) -> None:
         # A sum that misses a GPU would understate the power, so such ticks are left out of the series.
         if watts and len(watts) == len(self._gpus) and None not in watts:
-            self._power.append([round(t, 4), round(sum(watts), 3)])
+            # Cut to 0.1 ms, never rounded up: a sample must not land after the window the report covers.
+            self._power.append([math.floor(t * 10_000) / 10_000, round(sum(watts), 3)])
 
     def _stop_sampler(self) -> None:
         if self._thread is None:

@@ -442,6 +442,19 @@ def test_power_series_sums_every_visible_gpu_including_counter_gpus(install):
     assert [gpu.reads for gpu in gpus] == [2, 2]  # the thread reads power only, never the counters
 
 
+def test_no_power_sample_lands_after_the_reported_window(install, monkeypatch):
+    """The final sample is taken just before the window closes (0.15106 s, closing at 0.15109 s): its recorded time
+    must not be rounded up past the window's end (0.1511 s did, now and then, with a real clock)."""
+    install(two_gpus())
+    meter = EnergyMeter(interval=60, powercap_root=NO_RAPL)  # no tick between start and stop
+    meter.start()
+    closing = iter([0.15106, 0.15109])  # the final tick's time, then the window's end
+    monkeypatch.setattr(meter, "_now", lambda: next(closing))
+    report = meter.stop()
+    assert len(report.power_samples) == 2 and report.power_samples[-1][0] == 0.151
+    assert report.seconds == pytest.approx(0.15109) and report.power_samples[-1][0] <= report.seconds
+
+
 def test_power_series_respects_cuda_visible_devices(install, monkeypatch):
     gpus = two_gpus()
     install(gpus)
