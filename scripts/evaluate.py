@@ -184,7 +184,10 @@ def generate(output, tasks: list, flags: dict, vllm: bool) -> dict[str, list[str
     if vllm:
         texts = generation.generate_vllm(output, tokenizer, prompts, sampling, flags["dtype"], flags["seed"])
     else:
-        texts = generation.generate_hf(generation.load_model(output, flags["dtype"]), tokenizer, prompts, sampling)
+        model = generation.load_model(output, flags["dtype"])
+        if output.is_adapter:
+            generation.check_adapter_applied(model, tokenizer, output, prompts[0])
+        texts = generation.generate_hf(model, tokenizer, prompts, sampling)
     return {task.task_id: samples for task, samples in zip(tasks, texts, strict=True)}
 
 

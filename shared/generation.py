@@ -6,6 +6,7 @@ prefix adapters always use the Hugging Face backend (vLLM cannot serve prefixes)
 """
 
 import importlib.util
+import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -122,6 +123,90 @@ class Sampling:
     batch_size: int = 8
 
 
+def encode(tokenizer, prompts: list[str], device) -> dict:
+    """Token ids and attention mask of left-padded prompts, special tokens as in training."""
+    return tokenizer(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=not tokenizer.chat_template,  # as in training: the template writes BOS itself
+    ).to(device)
+
+
+def generate_batch(model, batch: dict, **settings):
+    """`generate()` on one encoded batch; the output's `sequences` hold the new tokens only.
+
+    A prefix adapter's trained prefix goes to the base model as a prefilled cache, with as many placeholder
+    positions in front of the prompt as the prefix is long: PEFT's own route reaches into `generate()` internals
+    that transformers 5.24 renamed (`past_key_values` became `cache`) and there silently dropped the prefix.
+    The prompt's positions then start after the prefix, as they did in training.
+    """
+    import torch
+
+    settings = {**settings, "return_dict_in_generate": True}
+    if not is_prefix_adapter(model):
+        output = model.generate(**batch, **settings)
+    else:
+        base = model.get_base_model()
+        rows, length = batch["input_ids"].shape[0], model.active_peft_config.num_virtual_tokens
+        placeholders = torch.full((rows, length), settings["pad_token_id"], device=batch["input_ids"].device)
+        batch = {
+            "input_ids": torch.cat([placeholders, batch["input_ids"]], dim=1),
+            "attention_mask": torch.cat([torch.ones_like(placeholders), batch["attention_mask"]], dim=1),
+        }
+        cache = model.get_prompt(batch_size=rows)
+        output = base.generate(**batch, **{cache_keyword(base): cache}, **settings)
+    output.sequences = output.sequences[:, batch["input_ids"].shape[1] :]
+    return output
+
+
+def is_prefix_adapter(model) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return config is not None and config.peft_type == "PREFIX_TUNING"
+
+
+def cache_keyword(model) -> str:
+    """The name `generate()` and the model's forward take the KV cache under: `cache` from transformers 5.24 on."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class UnappliedAdapterError(click.ClickException):
+    """An adapter that changes nothing the model generates: scoring it would score the base model."""
+
+
+def check_adapter_applied(model, tokenizer, output: TrainedOutput, prompt: str) -> None:
+    """Refuse an adapter whose effect does not reach generation.
+
+    The first generated token's logits for `prompt` must lie nearer the adapted model's forward pass (the route
+    training took) than the base model's. A route that drops the adapter fails, and so does an adapter that changes
+    nothing at all (never trained). Nearer, not equal: two routes to the same numbers differ by float noise.
+    """
+    import torch
+
+    batch = encode(tokenizer, [prompt], model.device)
+    settings = {"max_new_tokens": 1, "do_sample": False, "output_logits": True, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        generated = generate_batch(model, batch, **settings).logits[0][0].float()
+        adapted = model(**batch).logits[0, -1].float()
+        with model.disable_adapter():
+            base = model.get_base_model()(**batch).logits[0, -1].float()
+    from_adapted, from_base = (generated - adapted).abs().max().item(), (generated - base).abs().max().item()
+    log.info(
+        "The %s moves the first token's logits by up to %.3g from the base model's; generation reproduces them "
+        "within %.3g",
+        output.kind,
+        from_base,
+        from_adapted,
+    )
+    if from_base <= from_adapted:
+        raise UnappliedAdapterError(
+            f"{output.path}: the {output.kind} leaves the model's output unchanged: the first generated token's "
+            f"logits lie within {from_base:.3g} of {output.base_model}'s and {from_adapted:.3g} from the adapted "
+            "model's, so the adapter was not applied during generation or was never trained. No score is reported: "
+            "it would be the base model's."
+        )
+
+
 def generate_hf(model, tokenizer, prompts: list[str], sampling: Sampling) -> list[list[str]]:
     """`sampling.n_samples` completions per prompt, in batches; each stops at the end-of-turn token."""
     import torch
@@ -130,25 +215,16 @@ def generate_hf(model, tokenizer, prompts: list[str], sampling: Sampling) -> lis
     settings = {"do_sample": False}
     if sampling.temperature > 0:
         settings = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+    settings.update(
+        max_new_tokens=sampling.max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     jobs = [prompt for prompt in prompts for _ in range(sampling.n_samples)]
     texts = []
     with tqdm(total=len(jobs), desc="Generating", unit="completion") as bar:
         for start in range(0, len(jobs), sampling.batch_size):
-            batch = tokenizer(
-                jobs[start : start + sampling.batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=not tokenizer.chat_template,  # as in training: the template writes BOS itself
-            ).to(model.device)
+            batch = encode(tokenizer, jobs[start : start + sampling.batch_size], model.device)
             with torch.no_grad():
-                output = model.generate(
-                    **batch,
-                    max_new_tokens=sampling.max_new_tokens,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    **settings,
-                )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
+                new_tokens = generate_batch(model, batch, **settings).sequences
             texts += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             bar.update(len(new_tokens))
     return [texts[i : i + sampling.n_samples] for i in range(0, len(texts), sampling.n_samples)]

