@@ -3,6 +3,7 @@
 Loss is computed on the output tokens only: prompt tokens carry the label -100.
 """
 
+import copy
 import hashlib
 import json
 import logging
@@ -97,6 +98,23 @@ def check_string_fields(where: str, record: dict, fields: tuple[str, ...]) -> No
 def file_sha256(path: Path) -> str:
     """Content hash of a data file, logged so runs on the same data can be matched."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def data_order_sha256(loader) -> str | None:
+    """Digest of the training records (their token ids) in the order a training dataloader's first epoch presents
+    them: equal for two runs that see the same records in the same order, whatever their method, batching or
+    stopping step. None for a sampler whose order cannot be read without disturbing it."""
+    sampler = loader.batch_sampler
+    while hasattr(sampler, "batch_size"):  # batch samplers, sharded or not, wrap the sampler of records
+        sampler = getattr(sampler, "sampler", None) or getattr(sampler, "batch_sampler", None)
+    if not hasattr(sampler, "set_epoch") or not hasattr(sampler, "initial_seed"):
+        return None  # a plain RandomSampler draws from the global RNG: reading it would change the training order
+    probe = copy.copy(sampler)  # reseeds itself from initial_seed + epoch on every pass; the original is untouched
+    probe.set_epoch(0)
+    digest = hashlib.sha256()
+    for index in probe:
+        digest.update(json.dumps(loader.dataset[index]["input_ids"]).encode())
+    return digest.hexdigest()
 
 
 def split_off_dev(records: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -21,6 +21,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
+from shared.data import data_order_sha256
 from shared.outbox import OUTBOX_FILE, MlflowOutbox
 from shared.preemption import Preempted
 from shared.redaction import redact_uri, scrub
@@ -178,7 +179,11 @@ class MlflowMetricsCallback(TrainerCallback):
         self.collator_mark = (0, 0)
         self.steps_at_last_log = 0
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if train_dataloader is not None:
+            order = data_order_sha256(train_dataloader)
+            if order is not None:
+                log_params_once({"data_order_sha256": order})
         self.mark = time.monotonic()
         self.tokens_at_last_log = state.num_input_tokens_seen
         self.steps_at_last_log = state.global_step

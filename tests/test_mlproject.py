@@ -14,7 +14,7 @@ import yaml
 from conftest import REPO, only_run
 
 ENTRY_POINTS = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
-TOOLS = {"prepare_data", "prepare_balanced_data", "merge", "evaluate", "compare"}
+TOOLS = {"prepare_data", "prepare_balanced_data", "merge", "evaluate", "compare", "study"}
 METHODS = {p.parent.name for p in REPO.glob("methods/*/train.py")}
 
 
@@ -25,13 +25,18 @@ def script_of(entry: dict) -> str:
     return words[1]
 
 
-def click_command(script: str) -> click.Command:
-    """The click command a script runs, whatever its name (merge.py runs one imported from shared)."""
-    spec = importlib.util.spec_from_file_location(script.replace("/", "_"), REPO / script)
+def click_command(entry: dict) -> click.Command:
+    """The click command an entry point runs, whatever its name (merge.py runs one imported from shared), or the
+    subcommand it names (`python scripts/study.py run ...`)."""
+    words = entry["command"].split()
+    spec = importlib.util.spec_from_file_location(words[1].replace("/", "_"), REPO / words[1])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     commands = {id(v): v for v in vars(module).values() if isinstance(v, click.Command)}
-    assert len(commands) == 1, f"{script}: expected one click command, found {len(commands)}"
+    groups = [command for command in commands.values() if isinstance(command, click.Group)]
+    if groups:
+        return groups[0].commands[words[2]]
+    assert len(commands) == 1, f"{words[1]}: expected one click command, found {len(commands)}"
     return next(iter(commands.values()))
 
 
@@ -63,10 +68,15 @@ def test_every_method_and_tool_has_an_entry_point():
 @pytest.mark.parametrize("name", sorted(ENTRY_POINTS))
 def test_entry_point_mirrors_the_flags_and_defaults(name):
     entry = ENTRY_POINTS[name]
-    options = {param_name(o): o for o in click_command(script_of(entry)).params if isinstance(o, click.Option)}
+    params = click_command(entry).params
+    options = {param_name(o): o for o in params if isinstance(o, click.Option)}
+    arguments = {a.name: a for a in params if isinstance(a, click.Argument)}
     declared = entry["parameters"]
-    assert set(declared) == {n for n, o in options.items() if expressible(o)}
+    assert set(declared) == {n for n, o in options.items() if expressible(o)} | set(arguments)
     for param, spec in declared.items():
+        if param in arguments:
+            assert f" {{{param}}}" in entry["command"] and spec == param_type(arguments[param]), param
+            continue
         option = options[param]
         assert f"{option.opts[0]} {{{param}}}" in entry["command"], param
         spec = spec if isinstance(spec, dict) else {"type": spec}

@@ -226,3 +226,29 @@ def test_array_job_trains_each_method_into_one_experiment(tmp_path, tiny_qwen2, 
         assert run.data.tags["slurm_array_job_id"] == job
         assert run.data.tags["slurm_array_task_id"] == str(task)
         assert (tmp_path / "out" / method / "mlflow_run.json").is_file()
+
+
+def test_a_study_runs_each_phase_as_an_array_job(tmp_path, tiny_qwen2, synthetic_dataset):
+    """scripts/study.py --launcher slurm: the sweep and the evaluation each one array job, the driver waiting."""
+    from test_study import study_runs, write_study
+
+    spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, {"lora": {"learning_rates": [1e-3, 1e-2]}}, [1])
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO / "scripts/study.py"), "run", str(spec), "--output-dir", "study",
+            "--launcher", "slurm", "--parallel", "2", "--sbatch-args", " ".join(SMALL), "--tracking-uri", store,
+        ],
+        cwd=tmp_path, env={**inherited, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, parent, children = study_runs(store)
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.data.tags["learning_rate"] for r in children) == ["0.001", "0.01"]
+    array_jobs = (tmp_path / "study" / "slurm" / "array-jobs").read_text().split()
+    assert len(array_jobs) == 2, "one array job for the sweep, one for the evaluation"
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["slurm_array_job_id"] == array_jobs[0]
+    [final] = [r for r in children if r.data.tags["final"] == "true"]
+    assert "exact_match" in final.data.metrics

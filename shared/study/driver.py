@@ -1,0 +1,284 @@
+"""The study driver: sweep, select, final, evaluate; every step read back from MLflow and the output folders.
+
+The driver keeps no state a crash could lose. Rerunning the same command finds the study's parent run (by its
+output directory), the children it already has (nested runs tagged with method, learning rate and seed), skips
+what is done, resumes what stopped short (`--resume`, into the same run) and starts what is missing.
+"""
+
+import hashlib
+import logging
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+from mlflow import MlflowClient
+from mlflow.entities import RunTag
+from tqdm import tqdm
+
+from shared.study.children import (
+    EVAL_OUTCOME_TAG,
+    OUTCOME_TAG,
+    Child,
+    best_dev_loss,
+    state,
+)
+from shared.study.launchers import Job
+from shared.study.spec import REPO, StudySpec
+
+log = logging.getLogger(__name__)
+
+STUDY_TAG, DIR_TAG, ROLE_TAG = "study", "study_output_dir", "study_role"
+RUN_FILE = "mlflow_run.json"
+Launch = Callable[[list[Job], str, Callable[[Job, int], None]], None]  # jobs, phase, called as each job ends
+
+
+class StudyError(click.ClickException):
+    """A study that cannot go on as asked."""
+
+
+class Study:
+    def __init__(self, spec: StudySpec, output_dir: Path, tracking_uri: str | None) -> None:
+        self.spec, self.dir, self.tracking_uri = spec, output_dir.resolve(), tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        experiment = self.client.get_experiment_by_name(spec.experiment_name)
+        self.experiment_id = (
+            experiment.experiment_id if experiment else self.client.create_experiment(spec.experiment_name)
+        )
+        self.parent_id = self._parent_run()
+
+    # the plan
+    def sweep(self) -> list[Child]:
+        return [
+            Child(plan.name, rate, seed)
+            for plan in self.spec.methods.values()
+            for rate in plan.learning_rates
+            for seed in self.spec.sweep_seeds
+        ]
+
+    def finals(self, chosen: dict[str, float]) -> list[Child]:
+        return [Child(method, rate, seed) for method, rate in chosen.items() for seed in self.spec.seeds]
+
+    # the phases
+    def run(self, launch: Launch) -> dict[str, float]:
+        """Every phase in order; returns the chosen learning rate of each method that has one."""
+        try:
+            self.train(self.sweep(), "sweep", launch)
+            chosen = self.select()
+            self.train(self.finals(chosen), "final", launch)
+            self.evaluate(self.finals(chosen), launch)
+        except BaseException:
+            self.client.set_terminated(self.parent_id, "FAILED")
+            raise
+        self.client.set_terminated(self.parent_id, "FINISHED")
+        return chosen
+
+    def train(self, children: list[Child], phase: str, launch: Launch) -> None:
+        runs = self.child_runs()
+        if phase == "final":
+            for child in children:
+                if child in runs:  # a sweep child at the chosen rate is also a final child: reused, not retrained
+                    self.client.set_tag(runs[child].info.run_id, "final", "true")
+        todo = [child for child in children if state(child, runs.get(child), self.dir) not in ("done", "failed")]
+        done = len(children) - len(todo)
+        log.info("%s: %d children, %d already ended, %d to train", phase, len(children), done, len(todo))
+        jobs = [self._training_job(child, runs.get(child), phase) for child in todo]
+        self._launch(jobs, phase, launch, lambda job, code: self._record_training(job, code))
+
+    def select(self) -> dict[str, float]:
+        """Per method, the learning rate with the lowest mean best dev loss over the sweep seeds (failed: worst)."""
+        runs = self.child_runs()
+        chosen = {}
+        for plan in self.spec.methods.values():
+            means = {
+                rate: sum(best_dev_loss(runs.get(Child(plan.name, rate, seed))) for seed in self.spec.sweep_seeds)
+                / len(self.spec.sweep_seeds)
+                for rate in plan.learning_rates
+            }
+            rate = min(plan.learning_rates, key=lambda r: means[r])  # ties: the first in the grid
+            if math.isinf(means[rate]):
+                log.warning("%s: every sweep child failed, so it has no learning rate and no final runs", plan.name)
+                self.client.set_tag(self.parent_id, f"no_usable_rate.{plan.name}", "every sweep child failed")
+                continue
+            chosen[plan.name] = rate
+            log.info("%s: learning rate %g chosen (mean best dev loss %.4f)", plan.name, rate, means[rate])
+        existing = self.client.get_run(self.parent_id).data.params
+        for method, rate in chosen.items():
+            if f"learning_rate.{method}" not in existing:
+                self.client.log_param(self.parent_id, f"learning_rate.{method}", f"{rate:g}")
+        return chosen
+
+    def evaluate(self, finals: list[Child], launch: Launch) -> None:
+        runs = self.child_runs()
+        todo = [
+            child
+            for child in finals
+            if state(child, runs.get(child), self.dir) == "done"
+            and f"eval.{self.spec.benchmark}.tasks" not in runs[child].data.tags
+            and runs[child].data.tags.get(EVAL_OUTCOME_TAG) != "failed"
+        ]
+        log.info("evaluation: %d final models to score on %s", len(todo), self.spec.benchmark)
+        jobs = [self._evaluation_job(child, runs[child]) for child in todo]
+        self._launch(jobs, "evaluation", launch, self._record_evaluation)
+
+    # MLflow
+    def child_runs(self) -> dict[Child, object]:
+        return child_runs(self.client, self.experiment_id, self.parent_id)
+
+    def _parent_run(self) -> str:
+        spec_sha = hashlib.sha256(self.spec.path.read_bytes()).hexdigest()
+        found = self.client.search_runs([self.experiment_id], f"tags.{DIR_TAG} = '{self.dir}'", max_results=1)
+        if found:
+            parent = found[0]
+            if parent.data.params.get("spec_sha256") != spec_sha:
+                raise StudyError(
+                    f"{self.dir} holds study run {parent.info.run_id} made from another spec: rerun it with the spec "
+                    "it started with, or pass a new --output-dir"
+                )
+            self.client.update_run(parent.info.run_id, "RUNNING")
+            log.info("Continuing study %s (MLflow run %s)", self.spec.name, parent.info.run_id)
+            return parent.info.run_id
+        tags = {STUDY_TAG: self.spec.name, DIR_TAG: str(self.dir), ROLE_TAG: "parent"}
+        attached = os.environ.get("MLFLOW_RUN_ID")  # `mlflow run -e study` created the parent
+        if attached:
+            run_id = attached
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        else:
+            name = f"study-{self.spec.name}"
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        self.client.log_param(run_id, "spec_sha256", spec_sha)
+        self.client.log_artifact(run_id, str(self.spec.path), artifact_path="spec")
+        log.info("Study %s: MLflow run %s", self.spec.name, run_id)
+        return run_id
+
+    def _child_run(self, child: Child, phase: str) -> str:
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            STUDY_TAG: self.spec.name,
+            ROLE_TAG: "child",
+            "phase": phase,
+            "final": str(phase == "final").lower(),
+            **child.tags(),
+        }
+        run_id = self.client.create_run(self.experiment_id, run_name=child.name, tags=tags).info.run_id
+        self.client.update_run(run_id, "SCHEDULED")  # RUNNING once its training attaches to it
+        return run_id
+
+    # jobs
+    def _training_job(self, child: Child, run, phase: str) -> Job:
+        output = child.output_dir(self.dir)
+        plan = self.spec.methods[child.method]
+        arguments = [
+            *plan.launcher, str(plan.script), "--base-model", self.spec.base_model, "--dataset", str(self.spec.dataset),
+            "--output-dir", str(output), "--learning-rate", str(child.learning_rate), "--seed", str(child.seed),
+            "--experiment-name", self.spec.experiment_name, *plan.arguments,
+        ]  # fmt: skip
+        if self.spec.dev_dataset:
+            arguments += ["--dev-dataset", str(self.spec.dev_dataset)]
+        if run is not None and _has_checkpoint(output):
+            arguments.append("--resume")
+        elif output.exists():  # stopped before its first checkpoint: nothing to keep, it starts over in its run
+            shutil.rmtree(output)
+        run_id = run.info.run_id if run is not None else self._child_run(child, phase)
+        return Job(child.name, tuple(arguments), child.log_file(self.dir), self._environment(run_id))
+
+    def _evaluation_job(self, child: Child, run) -> Job:
+        arguments = [
+            sys.executable, str(REPO / "scripts" / "evaluate.py"), "--model", str(child.output_dir(self.dir)),
+            "--run-id", run.info.run_id, "--output-dir", str(child.evaluation_dir(self.dir)),
+            "--training-data", str(self.spec.dataset), *self.spec.evaluation,
+        ]  # fmt: skip
+        # No MLFLOW_RUN_ID: the scores go to the training run named by --run-id, and nowhere else.
+        return Job(child.name, tuple(arguments), child.log_file(self.dir, "evaluate"), self._environment(None))
+
+    def _environment(self, run_id: str | None) -> dict[str, str]:
+        environment = {"MLFLOW_RUN_ID": run_id or ""}
+        if self.tracking_uri:
+            environment["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        return environment
+
+    def _launch(self, jobs: list[Job], phase: str, launch: Launch, record: Callable[[Job, int], None]) -> None:
+        if not jobs:
+            return
+        failed = 0
+        with tqdm(total=len(jobs), desc=phase, unit="run") as bar:
+
+            def ended(job: Job, code: int) -> None:
+                nonlocal failed
+                failed += not record(job, code)
+                bar.update(1)
+                bar.set_postfix(failed=failed)
+
+            launch(jobs, phase, ended)
+
+    def _child_of(self, job: Job):
+        return next((child, run) for child, run in self.child_runs().items() if child.name == job.name)
+
+    def _record_training(self, job: Job, code: int) -> bool:
+        """What a training job achieved, from its run and folder; a failure is tagged so no rerun retries it."""
+        child, run = self._child_of(job)
+        if state(child, run, self.dir) == "done":
+            return True
+        if run.info.status == "KILLED" or code == 75:
+            log.warning("%s was stopped (preempted); a rerun resumes it", job.name)
+            return False
+        reason = _last_error(job.log_file)
+        self.client.set_tag(run.info.run_id, OUTCOME_TAG, "failed")
+        self.client.set_tag(run.info.run_id, "study_error", reason[:4000])
+        if run.info.status == "RUNNING":  # the process died without ending its run
+            self.client.set_terminated(run.info.run_id, "FAILED")
+        log.warning("%s failed (exit %s): %s; see %s", job.name, code, reason, job.log_file)
+        return False
+
+    def _record_evaluation(self, job: Job, code: int) -> bool:
+        _, run = self._child_of(job)
+        if f"eval.{self.spec.benchmark}.tasks" in run.data.tags:
+            return True
+        reason = _last_error(job.log_file)
+        self.client.set_tag(run.info.run_id, EVAL_OUTCOME_TAG, "failed")
+        self.client.set_tag(run.info.run_id, "study_eval_error", reason[:4000])
+        log.warning("Evaluating %s failed (exit %s): %s; see %s", job.name, code, reason, job.log_file)
+        return False
+
+
+def _has_checkpoint(output: Path) -> bool:
+    return (output / RUN_FILE).is_file() and any(output.glob("checkpoint-*"))
+
+
+def _last_error(log_file: Path) -> str:
+    """What a failed job said last: its "Error: ..." line (a refused input), else its last line (a traceback's)."""
+    lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if line.startswith("Error:")), lines[-1] if lines else "no output")
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> dict[Child, object]:
+    """A study's children by identity, read from MLflow."""
+    found = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50_000)
+    return {Child.from_tags(run.data.tags): run for run in found if run.data.tags.get(ROLE_TAG) == "child"}
+
+
+def read_summary(output_dir: Path, tracking_uri: str | None) -> list[dict]:
+    """One row per child of the study run in `output_dir`: phase, identity, state, best dev loss, score."""
+    client, study_dir = MlflowClient(tracking_uri), output_dir.resolve()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parents = client.search_runs(experiments, f"tags.{DIR_TAG} = '{study_dir}'", max_results=1) if experiments else []
+    if not parents:
+        raise StudyError(f"no study ran in {output_dir} (at this tracking URI)")
+    parent = parents[0]
+    rows = []
+    for child, run in sorted(child_runs(client, parent.info.experiment_id, parent.info.run_id).items(), key=str):
+        metrics = run.data.metrics
+        rows.append(
+            {
+                "child": child.name,
+                "phase": run.data.tags.get("phase", ""),
+                "final": run.data.tags.get("final", "false"),
+                "state": state(child, run, study_dir),
+                "best_eval_loss": metrics.get("best_eval_loss"),
+                "score": {k: v for k, v in metrics.items() if k.startswith(("pass_at_", "exact_match"))},
+            }
+        )
+    return rows

@@ -1,0 +1,125 @@
+"""scripts/study.py end to end on the tiny model: sweep, selection, finals over seeds, evaluation, one MLflow study;
+and a driver killed with SIGKILL that a rerun finishes without retraining or duplicating a child."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import REPO, run_script, spelled_digits
+
+pytestmark = pytest.mark.slow
+
+COMMON_FLAGS = {
+    "max_steps": 8, "eval_steps": 4, "logging_steps": 4, "batch_size": 8, "gradient_accumulation": 1,
+    "max_length": 64, "system_metrics": False,
+}  # fmt: skip
+
+
+def write_study(folder: Path, model: Path, train: Path, methods: dict, seeds: list[int]) -> Path:
+    (folder / "dev.json").write_text(json.dumps(spelled_digits(16, seed=5)))
+    (folder / "benchmark.json").write_text(json.dumps(spelled_digits(4, seed=9)))
+    spec = {
+        "name": "tiny-study",
+        "base_model": str(model),
+        "dataset": str(train),
+        "dev_dataset": "dev.json",  # relative: to the directory the study runs from
+        "evaluation": {"benchmark": "exact-match", "data": "benchmark.json", "max_new_tokens": 6},
+        "flags": COMMON_FLAGS,
+        "methods": methods,
+        "sweep_seeds": [1],
+        "seeds": seeds,
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def study_runs(store: str) -> tuple[MlflowClient, object, list]:
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("tiny-study")
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("study_role") == "parent"]
+    return client, parent, [r for r in runs if r.data.tags.get("study_role") == "child"]
+
+
+def identity(run) -> tuple[str, float, int]:
+    return run.data.tags["method"], float(run.data.tags["learning_rate"]), int(run.data.tags["seed"])
+
+
+def test_a_study_sweeps_selects_and_scores_each_method_at_its_own_rate(tmp_path, tiny_qwen2, synthetic_dataset):
+    methods = {"lora": {"learning_rates": [1e-3, 1e-2]}, "bitfit": {"learning_rates": [1e-3, 1e-1]}}
+    spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, methods, seeds=[1, 2])
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_script("scripts/study.py", "run", spec, "--output-dir", "study", "--tracking-uri", store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, parent, children = study_runs(store)
+
+    assert parent.info.status == "FINISHED" and parent.data.tags["study"] == "tiny-study"
+    grid = {(m, r, 1) for m, plan in methods.items() for r in plan["learning_rates"]}
+    by_identity = {identity(run): run for run in children}
+    assert len(children) == len(by_identity), "one run per child"
+    sweep = {key: run for key, run in by_identity.items() if run.data.tags["phase"] == "sweep"}
+    assert set(sweep) == grid
+    # The chosen rate is the argmin of the best dev loss read back from the children (one sweep seed).
+    for method, plan in methods.items():
+        losses = {rate: sweep[(method, rate, 1)].data.metrics["best_eval_loss"] for rate in plan["learning_rates"]}
+        assert float(parent.data.params[f"learning_rate.{method}"]) == min(losses, key=losses.get), losses
+    chosen = {m: float(parent.data.params[f"learning_rate.{m}"]) for m in methods}
+    finals = {key: run for key, run in by_identity.items() if run.data.tags["final"] == "true"}
+    assert set(finals) == {(m, chosen[m], seed) for m in methods for seed in (1, 2)}
+    assert set(by_identity) == grid | set(finals), "the seed-1 final child is the sweep child, reused"
+    for run in children:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert {k: run.data.params[k] for k in ("max_steps", "eval_steps", "patience")} == {
+            "max_steps": "8", "eval_steps": "4", "patience": "3",
+        }  # fmt: skip
+        assert float(run.data.params["learning_rate"]) == identity(run)[1]
+    for run in finals.values():  # scored on the benchmark, logged into its own training run
+        assert 0 <= run.data.metrics["exact_match"] <= 1 and "contamination_fraction" in run.data.metrics
+    assert not any("exact_match" in run.data.metrics for key, run in by_identity.items() if key not in finals)
+
+    # Same seed, same records in the same order, whatever the method; another seed, another order.
+    order = {key: run.data.params["data_order_sha256"] for key, run in by_identity.items()}
+    assert len({digest for (m, r, seed), digest in order.items() if seed == 1}) == 1
+    assert order[("lora", chosen["lora"], 1)] != order[("lora", chosen["lora"], 2)]
+
+    spec_artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "spec")]
+    assert spec_artifacts == ["spec/spec.yaml"]
+    status = run_script("scripts/study.py", "status", "--output-dir", "study", "--tracking-uri", store, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count(" done ") == len(by_identity) and "0 failed" in status.stdout
+
+
+def test_a_killed_driver_is_finished_by_rerunning_it(tmp_path, tiny_qwen2, synthetic_dataset):
+    """SIGKILL after the first child ends; the rerun trains the rest and leaves exactly the grid of child runs."""
+    spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, {"lora": {"learning_rates": [1e-3, 1e-2]}}, [1])
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    command = [sys.executable, str(REPO / "scripts/study.py"), "run", str(spec), "--output-dir", "study"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    driver = subprocess.Popen([*command, "--tracking-uri", store], cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"})
+    markers = tmp_path / "study" / "runs"
+    deadline = time.monotonic() + 300
+    while not list(markers.glob("*/*/*/training_complete.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    [first] = list(markers.glob("*/*/*/training_complete.json"))
+    first_written = first.stat().st_mtime_ns
+    time.sleep(3)  # the other child got SIGTERM when the driver died: it checkpoints or stops
+
+    result = run_script("scripts/study.py", "run", spec, "--output-dir", "study", "--tracking-uri", store, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, parent, children = study_runs(store)
+    assert parent.info.status == "FINISHED"
+    assert sorted(identity(run) for run in children) == [("lora", 1e-3, 1), ("lora", 1e-2, 1)]
+    assert all(run.info.status == "FINISHED" for run in children)
+    assert first.stat().st_mtime_ns == first_written, "a finished child is never retrained"
+    assert "1 already ended, 1 to train" in result.stderr

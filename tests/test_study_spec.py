@@ -1,0 +1,103 @@
+"""Study specs: a bad spec is refused before anything trains, naming its key; a good one becomes the real flags."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run_script
+from shared.contamination import contaminated_tasks
+from shared.study.spec import DEFAULT_LEARNING_RATES, SpecError, load_spec
+
+
+def write_spec(folder: Path, **changes) -> Path:
+    (folder / "train.json").write_text(json.dumps([{"input": "a", "output": "b"}]))
+    spec = {
+        "name": "tiny",
+        "base_model": "models/tiny",
+        "dataset": str(folder / "train.json"),
+        "evaluation": {"benchmark": "humaneval", "k": [1], "max_new_tokens": 8},
+        "flags": {"max_steps": 4, "batch_size": 2, "packing": False},
+        "methods": {"lora": {"learning_rates": [1e-3, 1e-2], "flags": {"lora_r": 4}}, "bitfit": None},
+        "seeds": [1, 2],
+    }
+    for key, value in changes.items():
+        if value is None:
+            spec.pop(key)
+        else:
+            spec[key] = value
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_a_good_spec_becomes_each_scripts_own_flags(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    lora, bitfit = spec.methods["lora"], spec.methods["bitfit"]
+    assert lora.learning_rates == (1e-3, 1e-2)
+    assert bitfit.learning_rates == DEFAULT_LEARNING_RATES["bitfit"], "a method without a grid gets its default"
+    assert lora.arguments == ("--max-steps", "4", "--batch-size", "2", "--no-packing", "--lora-r", "4")
+    assert bitfit.arguments == ("--max-steps", "4", "--batch-size", "2", "--no-packing")
+    assert lora.launcher == (sys.executable,)
+    assert spec.evaluation == ("--benchmark", "humaneval", "--k", "1", "--max-new-tokens", "8")
+    assert (spec.sweep_seeds, spec.seeds, spec.experiment_name) == ((1,), (1, 2), "tiny")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"colour": "red"}, "colour: unknown key"),
+        ({"methods": {"adalora": None}}, "methods.adalora: unknown method"),
+        ({"methods": {"bitfit": {"flags": {"lora_r": 4}}}}, "methods.bitfit.flags.lora_r: methods/bitfit takes no"),
+        ({"flags": {"warmup": 3}}, "flags.warmup: methods/lora takes no --warmup"),
+        ({"flags": {"learning_rate": 1e-3}}, "flags.learning_rate: set by the study"),
+        ({"flags": {"batch_size": "big"}}, "flags.batch_size: Invalid value for '--batch-size': 'big'"),
+        ({"flags": {"packing": "yes"}}, "flags.packing: a switch: expected true or false"),
+        ({"methods": {"lora": {"learning_rates": []}}}, "methods.lora.learning_rates: expected a non-empty list"),
+        ({"methods": {"lora": {"learning_rates": [0.1, -1]}}}, "methods.lora.learning_rates: every learning rate"),
+        ({"methods": {"lora": {"schedule": 1}}}, "methods.lora.schedule: unknown key"),
+        ({"methods": {}}, "methods: list at least one method"),
+        ({"dataset": "missing.json"}, "dataset: missing.json is not a file"),
+        ({"name": None}, "name: required"),
+        ({"seeds": [1, 1]}, "seeds: expected distinct integer seeds"),
+        ({"evaluation": {"k": [1]}}, "evaluation.benchmark: required"),
+        ({"evaluation": {"benchmark": "mmlu"}}, "evaluation.benchmark: Invalid value for '--benchmark': 'mmlu'"),
+        ({"evaluation": {"benchmark": "humaneval", "model": "x"}}, "evaluation.model: set by the study"),
+    ],
+)
+def test_a_bad_spec_is_refused_naming_its_key(tmp_path, changes, message):
+    with pytest.raises(SpecError) as refused:
+        load_spec(write_spec(tmp_path, **changes))
+    assert f"{tmp_path / 'spec.yaml'}: {message}" in refused.value.format_message()
+
+
+def test_the_command_refuses_a_bad_spec_before_anything_runs(tmp_path):
+    spec = write_spec(tmp_path, methods={"lora": {"flags": {"lora_rank": 4}}})
+    result = run_script("scripts/study.py", "run", spec, "--output-dir", tmp_path / "study", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "methods.lora.flags.lora_rank: methods/lora takes no --lora-rank" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "study").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_contamination_finds_shared_ngrams_and_whole_short_prompts():
+    long_prompt = " ".join(f"w{i}" for i in range(20))
+    prompts = {"long": long_prompt, "short": "add two numbers", "clean": " ".join(f"c{i}" for i in range(20))}
+    training = [
+        "intro " + " ".join(f"w{i}" for i in range(5, 18)) + " outro",  # 13 of its words in a row
+        "please   add two\nnumbers now",  # the short prompt, whitespace aside
+        " ".join(f"c{i}" for i in range(12)),  # 12 words in a row: below the bound
+    ]
+    assert contaminated_tasks(prompts, training) == {"long": "13-gram", "short": "exact"}
+    assert contaminated_tasks(prompts, training, n=12) == {"long": "12-gram", "short": "exact", "clean": "12-gram"}
+    assert contaminated_tasks(prompts, []) == {}
+
+
+def test_the_shipped_example_spec_is_valid(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # its paths are relative to where the study runs: the files the README makes
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "humaneval.json").write_text(json.dumps([{"input": "a", "output": "b"}]))
+    spec = load_spec(REPO / "studies" / "tiny-example.yaml")
+    assert set(spec.methods) == {"lora", "bitfit"} and spec.seeds == (1, 2) and spec.benchmark == "humaneval"
