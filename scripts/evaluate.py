@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from shared.sandbox import Isolation, detect_isolation, namespace_problem
+
 BENCHMARKS = ("humaneval", "livecodebench", "exact-match", "paraphrase")
 CODE_BENCHMARKS = ("humaneval", "livecodebench")
 
@@ -71,6 +73,15 @@ def parse_ks(ctx, param, value: str) -> list[int]:
     "--memory-mb", type=click.IntRange(min=64), default=1024, show_default=True, help="Address space per program."
 )
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Programs at once; 0: cores.")
+@click.option(
+    "--require-isolation",
+    type=bool,
+    default=False,
+    is_flag=False,
+    flag_value=True,  # a value too (`--require-isolation true`), so MLproject can pass it
+    show_default=True,
+    help="Refuse to run generated code without the namespace sandbox (bubblewrap) instead of falling back.",
+)
 # tracking
 @click.option("--run-id", help="MLflow run to log into (default: the model folder's mlflow_run.json).")
 @click.option("--new-run", is_flag=True, help="Log to a new evaluation run linked to the training run.")
@@ -85,6 +96,7 @@ def main(**flags) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the sandbox starts processes after tokenizing
     check_flags(flags)
+    isolation = choose_isolation(flags) if flags["benchmark"] in CODE_BENCHMARKS else None
     tasks = load_tasks(flags)
     output = generation.detect_output(flags["model"], flags["base_model"]) if flags["model"] else None
     vllm = output is not None and generation.use_vllm(output, flags["backend"])
@@ -106,7 +118,8 @@ def main(**flags) -> None:
         completions = generate(output, tasks, flags, vllm)
     if flags["benchmark"] in CODE_BENCHMARKS:
         limits = Limits(flags["timeout"], flags["cpu_seconds"], flags["memory_mb"])
-        scores, records = evaluation.score_code(tasks, completions, flags["k"], limits, flags["workers"] or None)
+        workers = flags["workers"] or None
+        scores, records = evaluation.score_code(tasks, completions, flags["k"], limits, workers, isolation)
     else:
         scores, records = evaluation.score_text(tasks, completions)
     described = {
@@ -117,6 +130,8 @@ def main(**flags) -> None:
         "tasks": len(tasks),
         "samples_per_task": max(len(c) for c in completions.values()),
     }
+    if isolation:
+        described["sandbox"] = isolation.kind
     if output:
         described.update({key: flags[key] for key in ("temperature", "top_p", "max_new_tokens", "dtype", "seed")})
     files = evaluation.write_results(flags["output_dir"], {**described, **scores}, records)
@@ -126,6 +141,7 @@ def main(**flags) -> None:
         files,
         benchmark=flags["benchmark"],
         tags={key: str(value) for key, value in described.items()},
+        run_tags={"sandbox": isolation.kind} if isolation else {},
         tracking_uri=flags["tracking_uri"],
         training_run_id=run_id,
         new_run=flags["new_run"],
@@ -144,6 +160,33 @@ def check_flags(flags: dict) -> None:
     needs_samples = flags["benchmark"] in CODE_BENCHMARKS and not flags["completions"]
     if needs_samples and max(flags["k"]) > flags["n_samples"]:
         raise click.UsageError(f"--k {max(flags['k'])} needs --n-samples of at least {max(flags['k'])}")
+
+
+class IsolationUnavailable(click.ClickException):
+    """--require-isolation where the namespace sandbox cannot run."""
+
+
+def choose_isolation(flags: dict) -> Isolation:
+    """The namespace sandbox, masking the outputs, the models and a local tracking store; else the process one."""
+    problem = namespace_problem()
+    if problem and flags["require_isolation"]:
+        raise IsolationUnavailable(
+            f"--require-isolation: {problem}. Install bubblewrap (apt-get install bubblewrap) where user "
+            "namespaces are allowed (in a container: give it the privileges bwrap needs), or drop the flag to "
+            "score in the process sandbox"
+        )
+    hidden = [flags["output_dir"], flags["model"], flags["base_model"], tracking_folder(flags["tracking_uri"])]
+    return detect_isolation([Path(folder) for folder in hidden if folder])
+
+
+def tracking_folder(uri: str | None) -> Path | None:
+    """The folder of a local tracking store (sqlite file or file store), None for a server."""
+    scheme, separator, rest = (uri or "").partition("://")
+    if not separator:
+        return Path(uri) if uri else None
+    if scheme == "sqlite":
+        return Path(rest[1:]).parent  # sqlite:///relative.db, sqlite:////absolute.db
+    return Path(rest) if scheme == "file" else None
 
 
 def check_samples(flags: dict, completions: dict[str, list[str]]) -> None:

@@ -16,7 +16,7 @@ import click
 from shared.benchmarks import CodeTask, TextTask
 from shared.data import DataError, check_string_fields, read_jsonl_lines
 from shared.redaction import redact_uri, scrub
-from shared.sandbox import Limits, run_programs
+from shared.sandbox import Isolation, Limits, run_programs
 from shared.scoring import bucket_scores, normalize, pass_at_k, text_scores
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,17 @@ def read_completions(path: Path, task_ids: set[str]) -> dict[str, list[str]]:
 
 
 def score_code(
-    tasks: list[CodeTask], completions: dict[str, list[str]], ks: list[int], limits: Limits, workers: int | None
+    tasks: list[CodeTask],
+    completions: dict[str, list[str]],
+    ks: list[int],
+    limits: Limits,
+    workers: int | None,
+    isolation: Isolation,
 ) -> tuple[dict[str, float], list[dict]]:
     """Run every completion's programs in the sandbox; a sample passes when all its programs pass."""
     samples = [(task, n, text) for task in tasks for n, text in enumerate(completions.get(task.task_id, []))]
     programs = [task.programs(text) for task, _, text in samples]
-    outcomes = iter(run_programs([p for group in programs for p in group], limits, workers))
+    outcomes = iter(run_programs([p for group in programs for p in group], limits, workers, isolation))
     records, passed_by_task = [], defaultdict(list)
     for (task, number, text), group in zip(samples, programs, strict=True):
         results = [next(outcomes) for _ in group]
@@ -111,12 +116,14 @@ def log_results(
     *,
     benchmark: str,
     tags: dict[str, str],
+    run_tags: dict[str, str],
     tracking_uri: str | None,
     training_run_id: str | None,
     new_run: bool,
     experiment_name: str,
 ) -> list[str]:
-    """Log the scores (step 0), tags and files (under `evaluation/<benchmark>/`); returns the runs logged to.
+    """Log the scores (step 0), tags (as `eval.<benchmark>.<key>`; `run_tags` as they are) and files (under
+    `evaluation/<benchmark>/`); returns the runs logged to.
 
     The training run gets them unless `new_run`. So does the run `mlflow run` created (MLFLOW_RUN_ID), which is then
     the evaluation run; without one, an evaluation run is created when the training run is unknown or `new_run`.
@@ -134,9 +141,10 @@ def log_results(
     elif not targets:
         created = _create_run(client, benchmark, training_run_id, experiment_name)
         targets.append(created)
+    named = {f"eval.{benchmark}.{key}": scrub(value) for key, value in tags.items()} | run_tags
     try:
         for run_id in targets:
-            _log_to(client, run_id, scores, files, benchmark, tags)
+            _log_to(client, run_id, scores, files, benchmark, named)
     except BaseException:
         if created:
             client.set_terminated(created, "FAILED")
@@ -151,7 +159,7 @@ def _log_to(client, run_id: str, scores: dict[str, float], files: list[Path], be
 
     now = int(time.time() * 1000)
     metrics = [Metric(key, value, now, 0) for key, value in metric_names(benchmark, scores).items()]
-    client.log_batch(run_id, metrics, tags=[RunTag(f"eval.{benchmark}.{k}", scrub(v)) for k, v in tags.items()])
+    client.log_batch(run_id, metrics, tags=[RunTag(key, value) for key, value in tags.items()])
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path=f"evaluation/{benchmark}")
 
