@@ -22,6 +22,7 @@ from shared.data import batch_collator, file_sha256, read_records, split_off_dev
 from shared.energy import EnergyMeter, EnergyReport, sum_reports
 from shared.modeling import check_attention, check_weights_format, count_parameters, load_tokenizer
 from shared.preemption import PreemptionCallback
+from shared.provenance import environment_record, log_datasets, model_revision
 from shared.stopping import DivergenceGuard, RelativeEarlyStopping
 from shared.tracking import (
     RUN_FILE,
@@ -97,6 +98,12 @@ def run_training(
         collator = batch_collator(tokenizer, flags["packing"], flags["bounded_rows"])
         if is_main_process():
             log_params_once(counts)
+            log_params_once(
+                {**environment_record(), "base_model_revision": model_revision(flags["base_model"], model.config)}
+            )
+            if checkpoint is None:  # a resumed run has its inputs already
+                inputs = {"training": (flags["dataset"], train_records), "dev": (flags["dev_dataset"], dev_records)}
+                log_datasets(inputs)
             callbacks.append(MlflowMetricsCallback(outbox, collator))
         trainer = Trainer(
             model=model,

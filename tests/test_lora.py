@@ -1,15 +1,20 @@
 """LoRA end to end: the real script trains a tiny model, logs to a real MLflow store, and merges."""
 
+import hashlib
 import json
+import platform
 import shutil
+import subprocess
 
+import peft
 import pytest
 import torch
+import transformers
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import FAST, only_run, run_script
+from conftest import FAST, REPO, only_run, run_script
 from shared.data import file_sha256
 
 pytestmark = pytest.mark.slow
@@ -59,6 +64,29 @@ def test_run_holds_params_tags_and_data_identity(trained, synthetic_dataset, tin
     assert 0 < trainable < total
     assert float(params["trainable_percent"]) == pytest.approx(100 * trainable / total)
     assert f"Trainable parameters: {trainable:,} of {total:,}" in trained["stdout"]
+
+
+def test_run_holds_what_reproduces_it(trained, synthetic_dataset, tiny_qwen2):
+    """Versions, commit and dirty flag, the base model's content hash and the data as MLflow dataset inputs, each
+    checked against its own independent reading."""
+    params = trained["run"].data.params
+    assert params["version.transformers"] == transformers.__version__ and params["version.torch"] == torch.__version__
+    assert params["version.python"] == platform.python_version() and params["version.peft"] == peft.__version__
+    assert params["git_commit"] == git("rev-parse", "HEAD").strip()
+    assert params["git_dirty"] == str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()
+    digest = hashlib.sha256()
+    for path in sorted([tiny_qwen2 / "config.json", tiny_qwen2 / "model.safetensors"]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    assert params["base_model_revision"] == f"sha256:{digest.hexdigest()}"
+    inputs = {i.tags[0].value: i.dataset for i in trained["run"].inputs.dataset_inputs}
+    assert set(inputs) == {"training", "dev"}
+    assert inputs["training"].name == synthetic_dataset.name and str(synthetic_dataset) in inputs["training"].source
+    assert json.loads(inputs["training"].profile)["num_rows"] == 216  # what trained: the file less the dev split
+    assert json.loads(inputs["dev"].profile)["num_rows"] == 24 and inputs["training"].digest != inputs["dev"].digest
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout
 
 
 def test_run_holds_step_metrics_once_each(trained):
