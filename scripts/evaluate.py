@@ -42,6 +42,13 @@ def parse_ks(ctx, param, value: str) -> list[int]:
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Score the first N tasks only.")
 @click.option("--base-model", help="Base model for an adapter (default: the one in adapter_config.json).")
+@click.option(
+    "--training-data",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Training records to look for the benchmark's prompts in (contamination; repeatable). "
+    "Default: the --dataset of the training run, when that file is here.",
+)
 # generation
 @click.option("--n-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Completions per task.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
@@ -107,6 +114,8 @@ def main(**flags) -> None:
         run_id = read_run_id(output.path)
     if run_id:
         evaluation.check_run(flags["tracking_uri"], run_id)
+    training_data = list(flags["training_data"]) or evaluation.training_data_of(flags["tracking_uri"], run_id)
+    contaminated = evaluation.contaminated_tasks(tasks[: flags["limit"]], training_data)
     if flags["completions"]:
         completions = evaluation.read_completions(flags["completions"], {t.task_id for t in tasks})
         tasks = [task for task in tasks[: flags["limit"]] if task.task_id in completions]
@@ -122,6 +131,8 @@ def main(**flags) -> None:
         scores, records = evaluation.score_code(tasks, completions, flags["k"], limits, workers, isolation)
     else:
         scores, records = evaluation.score_text(tasks, completions)
+    if contaminated is not None:
+        scores["contamination_fraction"] = sum(task.task_id in contaminated for task in tasks) / len(tasks)
     described = {
         "benchmark": flags["benchmark"],
         "model": str(flags["model"] or ""),

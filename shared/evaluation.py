@@ -14,7 +14,9 @@ from pathlib import Path
 import click
 
 from shared.benchmarks import CodeTask, TextTask
-from shared.data import DataError, check_string_fields, read_jsonl_lines
+from shared.contamination import NGRAM_WORDS
+from shared.contamination import contaminated_tasks as find_contaminated
+from shared.data import DataError, check_string_fields, read_jsonl_lines, read_records
 from shared.redaction import redact_uri, scrub
 from shared.sandbox import Isolation, Limits, run_programs
 from shared.scoring import bucket_scores, normalize, pass_at_k, text_scores
@@ -179,3 +181,33 @@ def _create_run(client, benchmark: str, training_run_id: str | None, experiment_
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
     run = client.create_run(experiment_id, run_name=f"eval-{benchmark}", tags=_link_tags(benchmark, training_run_id))
     return run.info.run_id
+
+
+def training_data_of(tracking_uri: str | None, run_id: str | None) -> list[Path]:
+    """The training run's --dataset, when that file is here (a path is relative to where the training ran)."""
+    from mlflow import MlflowClient
+
+    if not run_id:
+        return []
+    dataset = MlflowClient(tracking_uri).get_run(run_id).data.params.get("dataset")
+    return [Path(dataset)] if dataset and Path(dataset).is_file() else []
+
+
+def contaminated_tasks(tasks: list, training_files: list[Path]) -> dict[str, str] | None:
+    """The tasks whose prompt the training records contain ({task_id: how}), with a warning naming them; None
+    when there is no training data to look in."""
+    if not training_files:
+        log.info("No training data to check the benchmark's prompts against: pass --training-data")
+        return None
+    texts = (f"{r['input']}\n{r['output']}" for path in training_files for r in read_records(path))
+    found = find_contaminated({task.task_id: task.prompt for task in tasks}, texts)
+    if found:
+        log.warning(
+            "Contamination: the training data holds %d of the %d benchmark prompts (a prompt inside a record, or %d "
+            "words in a row shared with one), e.g. %s. Their scores measure memory, not skill.",
+            len(found),
+            len(tasks),
+            NGRAM_WORDS,
+            ", ".join(sorted(found)[:5]),
+        )
+    return found

@@ -230,6 +230,29 @@ def humaneval_completions(path: Path, count: int) -> Path:
     return path
 
 
+def test_training_on_the_benchmark_is_reported_as_contamination(tmp_path, store):
+    """Two of four HumanEval prompts copied into the training records (one with its whitespace changed): the
+    evaluation logs contamination_fraction 0.5 in results.json and the run."""
+    problems = list(read_problems().values())[:4]
+    training = [
+        {"input": problems[1]["prompt"], "output": problems[1]["canonical_solution"]},
+        {"input": "Complete this:\n" + "  ".join(problems[3]["prompt"].split()), "output": "pass"},
+        {"input": "Spell in words: 1 2 3", "output": "one two three"},
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(training))
+    completions = humaneval_completions(tmp_path / "completions.jsonl", 4)
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--training-data", tmp_path / "train.json",
+        "--tracking-uri", store, "--experiment-name", "contaminated", "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["contamination_fraction"] == 0.5
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("contaminated").experiment_id])
+    assert run.data.metrics["contamination_fraction"] == 0.5
+
+
 def test_completions_are_scored_without_a_model_into_an_evaluation_run(tmp_path, store):
     completions = humaneval_completions(tmp_path / "completions.jsonl", 4)
     result = evaluate_here(
