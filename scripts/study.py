@@ -8,6 +8,7 @@ a crash finishes the study without retraining what is done. `status` prints each
 
 import fcntl
 import logging
+import resource
 import shlex
 from functools import partial
 from pathlib import Path
@@ -68,7 +69,25 @@ def run(spec: Path, output_dir: Path, launcher: str, parallel: int, sbatch_args:
             )
         chosen = study.run(launch)
     click.echo("Chosen learning rates: " + ", ".join(f"{m} {r:g}" for m, r in chosen.items()))
-    click.echo(f"Study {plan.name}: MLflow run {study.parent_id}; `study.py status --output-dir {output_dir}`")
+    click.echo(f"Study {plan.name}: MLflow run {study.parent_id}")
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # the driver itself, not the jobs it waited for
+    seconds, jobs = usage.ru_utime + usage.ru_stime, max(study.jobs_run, 1)
+    click.echo(f"Driver: {seconds:.1f} s of CPU for {study.jobs_run} jobs ({seconds / jobs:.2f} s each)")
+    _report(output_dir, tracking_uri)
+
+
+@main.command()
+@OUTPUT_DIR
+@TRACKING_URI
+def report(output_dir: Path, tracking_uri: str | None) -> None:
+    """Write the report of the study in --output-dir (intervals, paired tests, Pareto front) and log it."""
+    _report(output_dir, tracking_uri)
+
+
+def _report(output_dir: Path, tracking_uri: str | None) -> None:
+    from shared.study.report import build_report
+
+    click.echo(f"Report: {build_report(output_dir, tracking_uri)}")
 
 
 @main.command()

@@ -1,6 +1,7 @@
 """scripts/study.py end to end on the tiny model: sweep, selection, finals over seeds, evaluation, one MLflow study;
 and a driver killed with SIGKILL that a rerun finishes without retraining or duplicating a child."""
 
+import csv
 import json
 import os
 import signal
@@ -90,6 +91,26 @@ def test_a_study_sweeps_selects_and_scores_each_method_at_its_own_rate(tmp_path,
     order = {key: run.data.params["data_order_sha256"] for key, run in by_identity.items()}
     assert len({digest for (m, r, seed), digest in order.items() if seed == 1}) == 1
     assert order[("lora", chosen["lora"], 1)] != order[("lora", chosen["lora"], 2)]
+
+    # The report, written at the end of the run: its numbers are the children's own, read back here.
+    report = tmp_path / "study" / "report"
+    summary = {row["method"]: row for row in csv.DictReader((report / "summary.csv").open())}
+    assert set(summary) == set(methods)
+    for method, row in summary.items():
+        scores = [run.data.metrics["exact_match"] for (m, _, _), run in finals.items() if m == method]
+        assert float(row["exact_match_mean"]) == pytest.approx(sum(scores) / len(scores))
+        assert float(row["learning_rate"]) == chosen[method] and row["seeds"] == "2"
+    [pair] = list(csv.DictReader((report / "pairs.csv").open()))
+    assert {pair["a"], pair["b"]} == set(methods) and 0 <= float(pair["p_holm"]) <= 1
+    curve = [row for row in csv.DictReader((report / "expected_best.csv").open()) if row["method"] == "lora"]
+    assert [row["trials"] for row in curve] == ["1", "2"]
+    lora_sweep = [run.data.metrics["best_eval_loss"] for (m, _, _), run in sweep.items() if m == "lora"]
+    assert float(curve[0]["expected_best_dev_loss"]) == pytest.approx(sum(lora_sweep) / 2)  # one trial: the mean
+    assert len(list(csv.DictReader((report / "pareto.csv").open()))) == len(methods)
+    text = (report / "report.md").read_text()
+    assert "## Paired comparisons" in text and "**Power**" in text and "## Reproducibility record" in text
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/pareto.png", "report/expected_best.png", "report/per_task.json"} <= logged
 
     spec_artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "spec")]
     assert spec_artifacts == ["spec/spec.yaml"]

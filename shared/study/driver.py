@@ -49,6 +49,7 @@ class Study:
             experiment.experiment_id if experiment else self.client.create_experiment(spec.experiment_name)
         )
         self.parent_id = self._parent_run()
+        self.jobs_run = 0
 
     # the plan
     def sweep(self) -> list[Child]:
@@ -203,6 +204,7 @@ class Study:
     def _launch(self, jobs: list[Job], phase: str, launch: Launch, record: Callable[[Job, int], None]) -> None:
         if not jobs:
             return
+        self.jobs_run += len(jobs)
         failed = 0
         with tqdm(total=len(jobs), desc=phase, unit="run") as bar:
 
@@ -260,14 +262,19 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> dict
     return {Child.from_tags(run.data.tags): run for run in found if run.data.tags.get(ROLE_TAG) == "child"}
 
 
-def read_summary(output_dir: Path, tracking_uri: str | None) -> list[dict]:
-    """One row per child of the study run in `output_dir`: phase, identity, state, best dev loss, score."""
-    client, study_dir = MlflowClient(tracking_uri), output_dir.resolve()
+def find_parent(client: MlflowClient, study_dir: Path):
+    """The parent run of the study that ran in `study_dir`, in whichever experiment it is."""
     experiments = [e.experiment_id for e in client.search_experiments()]
     parents = client.search_runs(experiments, f"tags.{DIR_TAG} = '{study_dir}'", max_results=1) if experiments else []
     if not parents:
-        raise StudyError(f"no study ran in {output_dir} (at this tracking URI)")
-    parent = parents[0]
+        raise StudyError(f"no study ran in {study_dir} (at this tracking URI)")
+    return parents[0]
+
+
+def read_summary(output_dir: Path, tracking_uri: str | None) -> list[dict]:
+    """One row per child of the study run in `output_dir`: phase, identity, state, best dev loss, score."""
+    client, study_dir = MlflowClient(tracking_uri), output_dir.resolve()
+    parent = find_parent(client, study_dir)
     rows = []
     for child, run in sorted(child_runs(client, parent.info.experiment_id, parent.info.run_id).items(), key=str):
         metrics = run.data.metrics
