@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 from shared.data import data_order_sha256
 from shared.outbox import OUTBOX_FILE, MlflowOutbox
 from shared.preemption import Preempted
+from shared.reaping import heartbeat, process_tags
 from shared.redaction import redact_uri, scrub
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,11 @@ def is_main_process() -> bool:
 
 
 def run_tags(method: str, base_model: str) -> dict[str, str]:
-    """What identifies where and on what a run trained: method, model, code version, host, GPUs, job, container."""
+    """What identifies where and on what a run trained: method, model, code version, host and process, GPUs, job,
+    container."""
     import torch
 
-    tags = {"method": method, "base_model": base_model, "host": socket.gethostname()}
+    tags = {"method": method, "base_model": base_model, "host": socket.gethostname(), **process_tags()}
     if torch.cuda.is_available():
         tags["gpus"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     optional = {
@@ -120,7 +122,8 @@ def tracked_run(
         (Path(output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         mlflow.set_tags(run_tags(method, base_model))
         log_params_once(params)
-        yield outbox
+        with heartbeat(run.info.run_id):
+            yield outbox
     except Preempted:
         outbox.set_tag("preempted", "true")
         _end_run(outbox, "KILLED")  # resumable: --resume reopens it

@@ -9,15 +9,18 @@ export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
 
 # shared/preemption.py: the trainer saved a checkpoint and stopped on a signal; rerun with --resume.
 PREEMPTED_EXIT_CODE=75
+# The repo this file belongs to: a study's array job runs from the study's folder, not from the repo root.
+WORKBENCH_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# The value of --output-dir in the trainer's arguments ("" when absent).
-output_dir_of() {
-    local previous=""
+# flag_value FLAG ARGS...: the value of FLAG (e.g. --output-dir) in the trainer's arguments ("" when absent).
+flag_value() {
+    local flag=$1 previous=""
+    shift
     for arg in "$@"; do
         case $arg in
-            --output-dir=*) echo "${arg#--output-dir=}"; return ;;
+            "$flag"=*) echo "${arg#"$flag"=}"; return ;;
         esac
-        if [[ $previous == --output-dir ]]; then
+        if [[ $previous == "$flag" ]]; then
             echo "$arg"
             return
         fi
@@ -36,7 +39,7 @@ output_dir_of() {
 run_preemptible() {
     local cmd=("$@")
     local output_dir
-    output_dir="$(output_dir_of "$@")"
+    output_dir="$(flag_value --output-dir "$@")"
     if (( ${SLURM_RESTART_COUNT:-0} > 0 )) && [[ -n $output_dir && -f $output_dir/mlflow_run.json ]]; then
         echo "restart ${SLURM_RESTART_COUNT} of job ${SLURM_JOB_ID}: resuming from ${output_dir}"
         cmd+=(--resume)
@@ -63,5 +66,34 @@ run_preemptible() {
         scontrol requeue "$SLURM_JOB_ID"
         return "$PREEMPTED_EXIT_CODE"
     fi
+    if (( status != 0 && status != PREEMPTED_EXIT_CODE )) && [[ -n $output_dir && -f $output_dir/mlflow_run.json ]]; then
+        fail_unended_run "$output_dir" "$status" "$@"
+    fi
     return "$status"
+}
+
+# fail_unended_run OUTPUT_DIR STATUS TRAINER_ARGS...
+# A trainer killed outright (SIGKILL: out of memory, a node failure) could not end its MLflow run, which would
+# stay RUNNING forever: end it FAILED with the reason. A run the trainer ended itself (an error) stays as it is.
+fail_unended_run() {
+    local output_dir=$1 status=$2
+    shift 2
+    local reason="trainer exited with status ${status}"
+    if (( status > 128 )); then
+        reason="trainer killed by signal $((status - 128)) (exit status ${status})"
+    fi
+    local mark=(python "$WORKBENCH_REPO/scripts/runs.py" mark-failed --output-dir "$output_dir")
+    mark+=(--reason "job ${SLURM_JOB_ID}: ${reason}")
+    local tracking_uri arg
+    tracking_uri="$(flag_value --tracking-uri "$@")"
+    for arg in "$@"; do  # a study's job line passes the URI through `env MLFLOW_TRACKING_URI=... python ...`
+        if [[ $arg == MLFLOW_TRACKING_URI=* ]]; then
+            tracking_uri=${arg#MLFLOW_TRACKING_URI=}
+        fi
+    done
+    if [[ -n $tracking_uri ]]; then
+        mark+=(--tracking-uri "$tracking_uri")
+    fi
+    "${mark[@]}" || echo "job ${SLURM_JOB_ID}: the MLflow run of ${output_dir} is left RUNNING (see above);" \
+        "scripts/runs.py reap will end it"
 }
