@@ -285,9 +285,11 @@ class TokenCountingCollator:
         self.collate = collate
         self.real_tokens = 0
         self.padding_tokens = 0
+        self.last_shape: tuple[int, ...] | None = None  # of the latest batch: what an out-of-memory error names
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.collate(features)
+        self.last_shape = tuple(batch["input_ids"].shape)
         real = sum(len(feature["input_ids"]) for feature in features)
         self.real_tokens += real
         self.padding_tokens += batch["input_ids"].numel() - real

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from shared.data import batch_collator, file_sha256, read_records, split_off_dev, tokenize_records
 from shared.energy import EnergyMeter, EnergyReport, sum_reports
+from shared.failures import is_out_of_memory, out_of_memory
 from shared.modeling import check_attention, check_weights_format, count_parameters, load_tokenizer
 from shared.preemption import PreemptionCallback
 from shared.provenance import environment_record, log_datasets, model_revision
@@ -92,7 +93,7 @@ def run_training(
         )
         callbacks = [
             RelativeEarlyStopping(flags["patience"], flags["min_improvement"]),
-            DivergenceGuard(flags["learning_rate"]),
+            DivergenceGuard(flags["learning_rate"], model.config.vocab_size),
             preemption,
         ]
         collator = batch_collator(tokenizer, flags["packing"], flags["bounded_rows"])
@@ -116,7 +117,13 @@ def run_training(
         )
         if checkpoint is not None:
             log.info("Resuming from %s", checkpoint)
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+        try:
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            device = "GPU" if isinstance(err, torch.OutOfMemoryError) else "CPU"
+            raise out_of_memory(method, flags, trainer.state.global_step, collator.last_shape, device) from None
         log.info("Saving the best model to %s", output_dir)
         trainer.save_model(str(output_dir))
         trainer.save_state()
