@@ -203,7 +203,8 @@ FOREVER = 100000
 
 def training_args(model, dataset, out, steps: int) -> list:
     args = ["--base-model", model, "--dataset", dataset, "--output-dir", out, "--experiment-name", "tests", *FAST]
-    return [*args, "--gradient-accumulation", 4, "--eval-steps", 5, "--max-steps", steps, "--no-system-metrics"]
+    args += ["--gradient-accumulation", 4, "--eval-steps", 5, "--max-steps", steps, "--no-system-metrics"]
+    return [*args, "--patience", 100000]  # the step count decides when training ends, not early stopping
 
 
 def start_training(cwd, model, dataset, out, steps: int, env=None) -> subprocess.Popen:
@@ -211,13 +212,15 @@ def start_training(cwd, model, dataset, out, steps: int, env=None) -> subprocess
     command = [sys.executable, str(REPO / "methods/lora/train.py"), *map(str, args)]
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env = {**inherited, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with (cwd / f"{out.name}.log").open("w") as log:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_for_file(path, jobs, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while not path.is_file():
-        assert all(job.poll() is None for job in jobs), "a training ended early"
+        ended = [job.args[job.args.index("--output-dir") + 1] for job in jobs if job.poll() is not None]
+        assert not ended, f"the training into {ended} ended early: see its .log beside it"
         assert time.monotonic() < deadline, f"no {path} after {timeout} s"
         time.sleep(0.1)
 
@@ -228,6 +231,7 @@ def test_a_killed_training_is_reaped_a_live_one_is_not_and_the_reaped_one_resume
 ):
     store = f"sqlite:///{tmp_path}/mlflow.db"
     killed_out, alive_out = tmp_path / "killed", tmp_path / "alive"
+    MlflowClient(store).create_experiment("tests")  # the store's tables made once, not by two jobs at once
     killed = start_training(tmp_path, tiny_qwen2, synthetic_dataset, killed_out, 30)
     alive = start_training(tmp_path, tiny_qwen2, synthetic_dataset, alive_out, FOREVER,
                            env={"PEFT_WORKBENCH_HEARTBEAT_SECONDS": "0.5"})  # fmt: skip
