@@ -68,6 +68,7 @@ def process_tags() -> dict[str, str]:
 
 
 def heartbeat_seconds() -> float:
+    """Seconds between heartbeats: HEARTBEAT_ENV, else DEFAULT_HEARTBEAT_SECONDS."""
     value = os.environ.get(HEARTBEAT_ENV, str(DEFAULT_HEARTBEAT_SECONDS))
     try:
         seconds = float(value)
