@@ -6,6 +6,19 @@ from pathlib import Path
 import click
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+# Names as transformers' TrainingArguments takes them (listed here so that --help imports nothing heavy).
+OPTIMIZERS = (
+    "adamw_torch_fused", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd",
+)  # fmt: skip
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
 
 _COMMON_OPTIONS = [
     # I/O
@@ -67,6 +80,48 @@ _COMMON_OPTIONS = [
         help="Optimizer steps; overrides --epochs when positive.",
     ),
     click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True),
+    # optimizer
+    click.option(
+        "--optim",
+        type=click.Choice(OPTIMIZERS),
+        default="adamw_torch_fused",
+        show_default=True,
+        help="Optimizer. The 8-bit and paged ones are bitsandbytes' (paging only matters on a CUDA GPU).",
+    ),
+    click.option(
+        "--lr-scheduler",
+        type=click.Choice(SCHEDULERS),
+        default="linear",
+        show_default=True,
+        help="How the learning rate changes over the steps after warm-up.",
+    ),
+    click.option(
+        "--warmup-ratio",
+        type=click.FloatRange(0, 1, max_open=True),
+        default=0.0,
+        show_default=True,
+        help="Share of the steps that warm the learning rate up from 0 (or use --warmup-steps).",
+    ),
+    click.option(
+        "--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True, help="Warm-up steps, exactly."
+    ),
+    click.option(
+        "--weight-decay",
+        type=click.FloatRange(min=0),
+        default=0.0,
+        show_default=True,
+        help="Decoupled weight decay (biases and norms excluded).",
+    ),
+    click.option("--adam-beta1", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True),
+    click.option("--adam-beta2", type=click.FloatRange(0, 1, max_open=True), default=0.999, show_default=True),
+    click.option("--adam-epsilon", type=click.FloatRange(min=0, min_open=True), default=1e-8, show_default=True),
+    click.option(
+        "--max-grad-norm",
+        type=click.FloatRange(min=0),
+        default=1.0,
+        show_default=True,
+        help="Clip the gradient norm to this; 0 turns clipping off.",
+    ),
     click.option(
         "--batch-size",
         type=click.IntRange(min=1),

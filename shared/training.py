@@ -19,6 +19,7 @@ from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from shared.data import batch_collator, file_sha256, read_records, split_off_dev, tokenize_records
+from shared.dev_metrics import dev_metrics, reduce_logits
 from shared.energy import EnergyMeter, EnergyReport, sum_reports
 from shared.failures import is_out_of_memory, out_of_memory
 from shared.modeling import check_attention, check_weights_format, count_parameters, load_tokenizer
@@ -58,6 +59,7 @@ def run_training(
     output_dir: Path = flags["output_dir"]
     checkpoint = check_output_dir(output_dir, flags["resume"], schedule(flags))
     check_precision(flags)
+    check_schedule(flags)
     check_weights_format(flags)
     check_attention(flags)
     if is_main_process():
@@ -114,6 +116,8 @@ def run_training(
             data_collator=collator,
             processing_class=tokenizer,
             callbacks=callbacks,
+            compute_metrics=dev_metrics,
+            preprocess_logits_for_metrics=reduce_logits,
         )
         if checkpoint is not None:
             log.info("Resuming from %s", checkpoint)
@@ -258,6 +262,11 @@ class AlreadyComplete(click.exceptions.Exit):
         super().__init__(0)
 
 
+def check_schedule(flags: dict) -> None:
+    if flags["warmup_steps"] and flags["warmup_ratio"]:
+        raise click.UsageError("pass --warmup-steps or --warmup-ratio, not both")
+
+
 def check_precision(flags: dict) -> None:
     if flags["bf16"] and flags["fp16"]:
         raise click.UsageError("--bf16 and --fp16 exclude each other: pick one")
@@ -294,6 +303,14 @@ def training_arguments(flags: dict, **overrides: Any) -> TrainingArguments:
         num_train_epochs=flags["epochs"],
         max_steps=flags["max_steps"],
         learning_rate=flags["learning_rate"],
+        optim=flags["optim"],
+        lr_scheduler_type=flags["lr_scheduler"],
+        warmup_steps=flags["warmup_steps"] or flags["warmup_ratio"],  # a float in [0, 1) is a ratio of the steps
+        weight_decay=flags["weight_decay"],
+        adam_beta1=flags["adam_beta1"],
+        adam_beta2=flags["adam_beta2"],
+        adam_epsilon=flags["adam_epsilon"],
+        max_grad_norm=flags["max_grad_norm"],
         per_device_train_batch_size=flags["batch_size"],
         per_device_eval_batch_size=flags["batch_size"],
         gradient_accumulation_steps=flags["gradient_accumulation"],

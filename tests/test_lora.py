@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import platform
 import shutil
 import subprocess
@@ -230,3 +231,38 @@ def test_a_run_that_dies_after_starting_is_failed(tmp_path, tiny_qwen2, syntheti
     assert result.returncode != 0
     _, run = only_run(tmp_path)
     assert run.info.status == "FAILED"
+
+
+def test_optimizer_schedule_and_dev_metrics_are_the_ones_asked_for(tmp_path, tiny_qwen2, synthetic_dataset):
+    """The paraphrase source's settings (AdamW beta2 0.95, eps 1e-6, cosine, warm-up) with bitsandbytes' 8-bit
+    AdamW: each reaches the optimizer and the schedule, and the dev set gets token accuracy and perplexity."""
+    result = run_script(
+        "methods/lora/train.py", "--experiment-name", "tests", "--base-model", tiny_qwen2,
+        "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out", "--batch-size", 32,
+        "--gradient-accumulation", 1, "--learning-rate", 1e-2, "--max-steps", 20, "--eval-steps", 10,
+        "--logging-steps", 2, "--optim", "adamw_8bit", "--lr-scheduler", "cosine", "--warmup-ratio", 0.2,
+        "--weight-decay", 0.01, "--adam-beta2", 0.95, "--adam-epsilon", 1e-6, "--max-grad-norm", 0.5,
+        "--patience", 100, "--no-system-metrics", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(tmp_path)
+    params = run.data.params
+    assert (params["optim"], params["lr_scheduler"], params["warmup_ratio"]) == ("adamw_8bit", "cosine", "0.2")
+    assert (params["adam_beta2"], params["adam_epsilon"], params["max_grad_norm"]) == ("0.95", "1e-06", "0.5")
+    rates = [m.value for m in client.get_metric_history(run.info.run_id, "learning_rate")]
+    peak = rates.index(max(rates))
+    assert rates[0] < max(rates) and 0 < peak < len(rates) - 1, f"warm-up, then decay: {rates}"
+    assert max(rates) <= 1e-2 and rates[-1] < 0.2 * max(rates), "cosine decays towards 0"
+    [checkpoint] = (tmp_path / "out").glob("checkpoint-*")
+    state = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    group = state["param_groups"][0]
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.9, 0.95), 1e-6, 0.01)
+    # bitsandbytes' optimizer (its 8-bit states start at 4096 elements: the tiny adapters keep 32-bit ones)
+    assert all("__bnb_optimizer_quant_state__" in s for s in state["state"].values())
+    accuracy = [m.value for m in client.get_metric_history(run.info.run_id, "eval_token_accuracy")]
+    perplexity = client.get_metric_history(run.info.run_id, "eval_perplexity")
+    losses = client.get_metric_history(run.info.run_id, "eval_loss")
+    assert len(accuracy) == 3 and all(0 <= a <= 1 for a in accuracy) and accuracy[-1] > accuracy[0]
+    # The 24 dev records fit one batch, where the Trainer's loss is the mean over tokens too.
+    for p, loss in zip(perplexity, losses, strict=True):
+        assert p.value == pytest.approx(math.exp(loss.value), rel=1e-4)
