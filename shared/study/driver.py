@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 from tqdm import tqdm
 
+from shared.reaping import reap_runs
 from shared.study.children import (
     EVAL_OUTCOME_TAG,
     OUTCOME_TAG,
@@ -32,6 +34,8 @@ from shared.study.spec import REPO, StudySpec
 log = logging.getLogger(__name__)
 
 STUDY_TAG, DIR_TAG, ROLE_TAG = "study", "study_output_dir", "study_role"
+STALE_AFTER_SECONDS = 15 * 60  # a child on another host without a heartbeat for this long is gone
+SETTLE_TIMEOUT_SECONDS, SETTLE_POLL_SECONDS = 300, 2.0
 RUN_FILE = "mlflow_run.json"
 Launch = Callable[[list[Job], str, Callable[[Job, int], None]], None]  # jobs, phase, called as each job ends
 
@@ -67,6 +71,7 @@ class Study:
     def run(self, launch: Launch) -> dict[str, float]:
         """Every phase in order; returns the chosen learning rate of each method that has one."""
         try:
+            self.settle()
             self.train(self.sweep(), "sweep", launch)
             chosen = self.select()
             self.train(self.finals(chosen), "final", launch)
@@ -76,6 +81,25 @@ class Study:
             raise
         self.client.set_terminated(self.parent_id, "FINISHED")
         return chosen
+
+    def settle(self) -> None:
+        """Before anything is decided: children an earlier driver left RUNNING with their process gone are marked
+        FAILED (reaped; they resume), and those whose process still runs (stopping after their driver died) are
+        waited for, so that no training is ever started twice."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
+        while True:
+            verdicts = reap_runs(self.client, self.child_runs().values(), STALE_AFTER_SECONDS)
+            for verdict in verdicts:
+                if verdict.reap:
+                    log.warning("%s was left RUNNING (%s): it resumes", verdict.run_name, verdict.reason)
+            alive = [verdict for verdict in verdicts if not verdict.reap]
+            if not alive:
+                return
+            if time.monotonic() > deadline:
+                names = "; ".join(f"{v.run_name}: {v.reason}" for v in alive)
+                raise StudyError(f"children of an earlier driver still run ({names}): stop them, or wait and rerun")
+            log.info("Waiting for %d children of an earlier driver to stop", len(alive))
+            time.sleep(SETTLE_POLL_SECONDS)
 
     def train(self, children: list[Child], phase: str, launch: Launch) -> None:
         runs = self.child_runs()
