@@ -284,8 +284,28 @@ def load_records(flags: dict) -> tuple[list, list, dict]:
     else:
         train, dev = split_off_dev(train, flags["dev_fraction"], flags["seed"])
         log.info("Held out %d of %d training records as the dev set", len(dev), len(dev) + len(train))
-    params.update(train_rows=len(train), dev_rows=len(dev))
+    params.update(train_rows=len(train), dev_rows=len(dev), **dev_overlap(train, dev))
     return train, dev, params
+
+
+def dev_overlap(train: list[dict], dev: list[dict]) -> dict[str, int]:
+    """How many dev records are training records too (whole, or by their prompt), with a warning when any are:
+    a dev loss measured on training data flatters the checkpoints and learning rates it selects."""
+    records, prompts = {(r["input"], r["output"]) for r in train}, {r["input"] for r in train}
+    overlap = {
+        "dev_overlap_records": sum((r["input"], r["output"]) in records for r in dev),
+        "dev_overlap_prompts": sum(r["input"] in prompts for r in dev),
+    }
+    if overlap["dev_overlap_prompts"]:
+        log.warning(
+            "Leakage: %d of the %d dev records are training records too (%d share their prompt with one): the dev "
+            "loss that picks checkpoints and learning rates is measured partly on training data. Use a dev set "
+            "disjoint from the training records.",
+            overlap["dev_overlap_records"],
+            len(dev),
+            overlap["dev_overlap_prompts"],
+        )
+    return overlap
 
 
 def training_arguments(flags: dict, **overrides: Any) -> TrainingArguments:

@@ -266,3 +266,19 @@ def test_optimizer_schedule_and_dev_metrics_are_the_ones_asked_for(tmp_path, tin
     # The 24 dev records fit one batch, where the Trainer's loss is the mean over tokens too.
     for p, loss in zip(perplexity, losses, strict=True):
         assert p.value == pytest.approx(math.exp(loss.value), rel=1e-4)
+
+
+def test_dev_records_that_are_training_records_are_flagged(tmp_path, tiny_qwen2):
+    training = [{"input": f"Spell in words: {i}", "output": f"number {i}"} for i in range(40)]
+    dev = training[:6] + [{"input": "Spell in words: 7", "output": "seven"}]  # 6 copies, and a shared prompt
+    dev += [{"input": f"Spell in words: {i}", "output": f"number {i}"} for i in range(100, 103)]
+    (tmp_path / "train.json").write_text(json.dumps(training))
+    (tmp_path / "dev.json").write_text(json.dumps(dev))
+    result = train(
+        tmp_path, "--base-model", tiny_qwen2, "--dataset", tmp_path / "train.json", "--dev-dataset",
+        tmp_path / "dev.json", "--output-dir", tmp_path / "out", "--max-steps", 2, "--no-system-metrics",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Leakage: 6 of the 10 dev records are training records too (7 share their prompt with one)" in result.stderr
+    _, run = only_run(tmp_path)
+    assert (run.data.params["dev_overlap_records"], run.data.params["dev_overlap_prompts"]) == ("6", "7")
