@@ -32,17 +32,17 @@ def main() -> None:
 @click.option(
     "--stale-after",
     type=click.FloatRange(min=0, min_open=True),
-    default=15 * 60,
-    show_default=True,
-    help="Seconds without a heartbeat after which a run from another host (or without process tags) is reaped.",
+    help="Seconds without a heartbeat after which a run from another host (or without process tags) is reaped "
+    "(default: 900, shared.reaping.DEFAULT_STALE_AFTER_SECONDS).",
 )
 @click.option("--dry-run", is_flag=True, help="Print what would be reaped, change nothing.")
-def reap(experiment_name: str, tracking_uri: str | None, stale_after: float, dry_run: bool) -> None:
+def reap(experiment_name: str, tracking_uri: str | None, stale_after: float | None, dry_run: bool) -> None:
     """Mark FAILED the RUNNING runs of an experiment whose process no longer runs."""
     from mlflow.tracking import MlflowClient
 
-    from shared.reaping import reap_runs
+    from shared.reaping import DEFAULT_STALE_AFTER_SECONDS, reap_runs
 
+    stale_after = stale_after or DEFAULT_STALE_AFTER_SECONDS
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_ENV = "PEFT_WORKBENCH_HEARTBEAT_SECONDS"
 DEFAULT_HEARTBEAT_SECONDS = 30.0
+DEFAULT_STALE_AFTER_SECONDS = 15 * 60  # a run from another host without a heartbeat this long is gone
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
 

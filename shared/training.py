@@ -100,10 +100,8 @@ def run_training(
         ]
         collator = batch_collator(tokenizer, flags["packing"], flags["bounded_rows"])
         if is_main_process():
-            log_params_once(counts)
-            log_params_once(
-                {**environment_record(), "base_model_revision": model_revision(flags["base_model"], model.config)}
-            )
+            revision = model_revision(flags["base_model"], model.config)
+            log_params_once({**counts, **environment_record(), "base_model_revision": revision})
             if checkpoint is None:  # a resumed run has its inputs already
                 inputs = {"training": (flags["dataset"], train_records), "dev": (flags["dev_dataset"], dev_records)}
                 log_datasets(inputs)

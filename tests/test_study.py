@@ -111,6 +111,7 @@ def test_a_study_sweeps_selects_and_scores_each_method_at_its_own_rate(tmp_path,
     assert "## Paired comparisons" in text and "**Power**" in text and "## Reproducibility record" in text
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/pareto.png", "report/expected_best.png", "report/per_task.json"} <= logged
+    assert not any("samples" in path for path in logged), "the children's samples stay with the children"
 
     spec_artifacts = [a.path for a in client.list_artifacts(parent.info.run_id, "spec")]
     assert spec_artifacts == ["spec/spec.yaml"]

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 from tqdm import tqdm
 
-from shared.reaping import reap_runs
+from shared.reaping import DEFAULT_STALE_AFTER_SECONDS, reap_runs
 from shared.study.children import (
     EVAL_OUTCOME_TAG,
     OUTCOME_TAG,
@@ -34,7 +34,6 @@ from shared.study.spec import REPO, StudySpec
 log = logging.getLogger(__name__)
 
 STUDY_TAG, DIR_TAG, ROLE_TAG = "study", "study_output_dir", "study_role"
-STALE_AFTER_SECONDS = 15 * 60  # a child on another host without a heartbeat for this long is gone
 SETTLE_TIMEOUT_SECONDS, SETTLE_POLL_SECONDS = 300, 2.0
 RUN_FILE = "mlflow_run.json"
 Launch = Callable[[list[Job], str, Callable[[Job, int], None]], None]  # jobs, phase, called as each job ends
@@ -88,7 +87,7 @@ class Study:
         waited for, so that no training is ever started twice."""
         deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
         while True:
-            verdicts = reap_runs(self.client, self.child_runs().values(), STALE_AFTER_SECONDS)
+            verdicts = reap_runs(self.client, self.child_runs().values(), DEFAULT_STALE_AFTER_SECONDS)
             for verdict in verdicts:
                 if verdict.reap:
                     log.warning("%s was left RUNNING (%s): it resumes", verdict.run_name, verdict.reason)

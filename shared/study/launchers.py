@@ -18,9 +18,10 @@ from pathlib import Path
 
 import click
 
+from shared.study.spec import REPO
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 0.5
 SLURM_POLL_SECONDS = 2.0

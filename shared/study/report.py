@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import math
+import tempfile
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -53,7 +54,7 @@ def build_report(output_dir: Path, tracking_uri: str | None) -> Path:
     score = SCORES[benchmark]
     folder = output_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    results = _method_results(client, parent, runs, benchmark, score, folder)
+    results = _method_results(client, parent, runs, benchmark, score)
     if not results:
         raise StudyError(f"{output_dir}: no final run has been scored yet: nothing to report")
     summary = _summary_rows(results, score)
@@ -88,7 +89,7 @@ def _benchmark(runs: dict) -> str:
     raise StudyError("no final run of this study has been scored on a benchmark yet: nothing to report")
 
 
-def _method_results(client, parent, runs: dict, benchmark: str, score: str, folder: Path) -> list[MethodResult]:
+def _method_results(client, parent, runs: dict, benchmark: str, score: str) -> list[MethodResult]:
     results = []
     methods = sorted({child.method for child in runs})
     for method in methods:
@@ -102,20 +103,20 @@ def _method_results(client, parent, runs: dict, benchmark: str, score: str, fold
         sweep = [run for run in mine.values() if run.data.tags.get("phase") == "sweep"]
         if not finals:
             continue
-        per_seed = [_task_scores(client, run, benchmark, folder) for run in finals]
+        per_seed = [_task_scores(client, run, benchmark) for run in finals]
         tasks = sorted(set.intersection(*(set(scores) for scores in per_seed)))
         per_task = {task: sum(scores[task] for scores in per_seed) / len(per_seed) for task in tasks}
         results.append(MethodResult(method, rate or "", finals, sweep, per_task))
     return results
 
 
-def _task_scores(client, run, benchmark: str, folder: Path) -> dict[str, float]:
+def _task_scores(client, run, benchmark: str) -> dict[str, float]:
     """Each task's score in one final run: the share of its samples that passed (or matched exactly)."""
-    downloaded = client.download_artifacts(
-        run.info.run_id, f"evaluation/{benchmark}/samples.jsonl", str(folder / ".samples" / run.info.run_id)
-    )
+    with tempfile.TemporaryDirectory() as scratch:  # not under report/, which is logged whole to the parent run
+        downloaded = client.download_artifacts(run.info.run_id, f"evaluation/{benchmark}/samples.jsonl", scratch)
+        lines = Path(downloaded).read_text().splitlines()
     outcomes: dict[str, list[float]] = {}
-    for line in Path(downloaded).read_text().splitlines():
+    for line in lines:
         record = json.loads(line)
         passed = record["passed"] if "passed" in record else record["exact"]
         outcomes.setdefault(record["task_id"], []).append(float(passed))
