@@ -1,4 +1,4 @@
-"""Scores: unbiased pass@k over samples, exact match and BLEU over answers, per-bucket robustness."""
+"""Scores: unbiased pass@k over samples, exact match, BLEU and chrF over answers, per-bucket robustness."""
 
 from collections import defaultdict
 
@@ -35,14 +35,27 @@ def bleu(predictions: list[str], references: list[str]) -> float:
     return sacrebleu.corpus_bleu(predictions, [references]).score
 
 
+def chrf(predictions: list[str], references: list[str]) -> float:
+    """Corpus chrF (sacrebleu's CHRF: character 1- to 6-grams, spaces ignored, recall weighted twice precision;
+    0 to 100). Unlike BLEU, whose 4-gram precision is 0 when every answer has fewer than 4 words, it credits short
+    answers."""
+    import sacrebleu
+
+    return sacrebleu.corpus_chrf(predictions, [references]).score
+
+
 def text_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
-    return {"exact_match": exact_match(predictions, references), "bleu": bleu(predictions, references)}
+    return {
+        "exact_match": exact_match(predictions, references),
+        "bleu": bleu(predictions, references),
+        "chrf": chrf(predictions, references),
+    }
 
 
 def bucket_scores(predictions: list[str], references: list[str], buckets: list[str]) -> dict[str, float]:
     """Scores overall, per bucket (`exact_match_bucket_<b>`), and the gap between the best and worst paraphrase
-    bucket (`robustness_gap`, in exact match; `robustness_gap_bleu`); the originals are a bucket of their own but
-    take no part in the gap."""
+    bucket (`robustness_gap`, in exact match; `robustness_gap_bleu`, `robustness_gap_chrf`); the originals are a
+    bucket of their own but take no part in the gap."""
     grouped: dict[str, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for prediction, reference, bucket in zip(predictions, references, buckets, strict=True):
         grouped[bucket][0].append(prediction)
@@ -53,7 +66,11 @@ def bucket_scores(predictions: list[str], references: list[str], buckets: list[s
         scores.update({f"{name}_bucket_{bucket}": value for name, value in values.items()})
     paraphrased = [values for bucket, values in per_bucket.items() if bucket != "original"]
     if paraphrased:
-        for name, key in (("exact_match", "robustness_gap"), ("bleu", "robustness_gap_bleu")):
+        for name, key in (
+            ("exact_match", "robustness_gap"),
+            ("bleu", "robustness_gap_bleu"),
+            ("chrf", "robustness_gap_chrf"),
+        ):
             values = [v[name] for v in paraphrased]
             scores[key] = max(values) - min(values)
     return scores
