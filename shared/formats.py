@@ -54,6 +54,11 @@ def parse_buckets(spec: str) -> set[int]:
     return buckets
 
 
+def paraphrase_buckets(rows: Iterable[dict]) -> set[int]:
+    """The buckets the paraphrases of already converted (so well-formed) paraphrase rows fall in."""
+    return {int(item["bucket"]) for row in rows for item in row["paraphrases"]}
+
+
 def convert_paraphrase(
     record: dict, buckets: set[int] | None = None, use_paraphrase_answer: bool = False
 ) -> list[Record]:

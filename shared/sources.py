@@ -1,16 +1,21 @@
-"""Where preparation reads source rows (local JSON/JSONL/Parquet files, cached Hugging Face datasets) and how
-it writes training records (atomically, so a failure leaves no partial file).
+"""Where preparation reads source rows (local JSON/JSONL/Parquet files, cached Hugging Face datasets), which rows
+it holds out, and how it writes training records (atomically, so a failure leaves no partial file) with a sidecar
+that says how they were made.
 """
 
 import json
+import logging
 import os
+import random
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import click
 
-from shared.data import DataError, read_json_rows
+from shared.data import DataError, file_sha256, read_json_rows
+
+log = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = {".json", ".jsonl", ".parquet"}
 
@@ -87,3 +92,46 @@ def write_records(records: Iterable[dict[str, str]], output: Path) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def hold_out(sizes: list[int], fraction: float, seed: int) -> list[set[int]]:
+    """A seeded `fraction` (at least one, never all) of the rows of several sources, as row indices per source.
+
+    Rows, not records, are drawn: every record a row yields (an original and its paraphrases, a table's
+    questions) lands on the same side, so no dev prompt is a rewording of a training one.
+    """
+    rows = [(source, index) for source, size in enumerate(sizes) for index in range(size)]
+    if len(rows) < 2:
+        raise DataError("cannot hold out a dev set from a single source row")
+    count = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+    chosen: list[set[int]] = [set() for _ in sizes]
+    for source, index in random.Random(seed).sample(rows, count):
+        chosen[source].add(index)
+    return chosen
+
+
+def sidecar_path(records_file: Path) -> Path:
+    """Where the account of how a records file was prepared lives: `train.json` -> `train.meta.json`."""
+    return Path(records_file).with_suffix(".meta.json")
+
+
+def write_sidecar(records_file: Path, preparation: dict) -> Path:
+    """Write `preparation` beside `records_file`, with the file's sha256 so a reader can tell it describes it."""
+    path = sidecar_path(records_file)
+    path.write_text(json.dumps({**preparation, "sha256": file_sha256(records_file)}, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def preparation_params(records_file: Path) -> dict[str, str]:
+    """How `records_file` was prepared, as `prepared_*` run params; none when it has no sidecar or changed since."""
+    path = sidecar_path(records_file)
+    if not path.is_file():
+        return {}
+    preparation = json.loads(path.read_text(encoding="utf-8"))
+    if preparation.get("sha256") != file_sha256(records_file):
+        log.warning("%s does not describe %s any more (the records changed since): not logged", path, records_file)
+        return {}
+    params = {"prepared_format": preparation["format"], "prepared_sources": ", ".join(preparation["sources"])}
+    for key, value in preparation.get("buckets", {}).items():
+        params[f"prepared_buckets_{key}"] = ",".join(map(str, value))
+    return params

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 from conftest import run_script
+from shared import sources
 from shared.data import read_records
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -73,6 +74,115 @@ def test_paraphrase_logs_counts_in_words(tmp_path):
     output = tmp_path / "p.json"
     result = run_script(PREPARE, "--dataset-id", DATA / "paraphrase.json", "--format", "paraphrase", "--output", output)
     assert f"Wrote 7 records (2 originals, 5 paraphrases) to {output}" in result.stdout
+
+
+def test_several_dataset_ids_are_concatenated_in_order_with_counts_per_source(tmp_path):
+    output = tmp_path / "both.json"
+    paraphrases, alpaca = DATA / "paraphrase.json", tmp_path / "more.json"
+    alpaca.write_text(json.dumps([{**row, "paraphrases": []} for row in json.loads(paraphrases.read_text())[:1]]))
+    result = run_script(
+        PREPARE, "--format", "paraphrase", "--dataset-id", paraphrases, "--dataset-id", alpaca, "--output", output
+    )
+    assert result.returncode == 0, result.stderr
+    records = read_records(output)
+    assert records[:7] == read_records_of(tmp_path, paraphrases) and len(records) == 8
+    assert records[7]["input"] == "Name the largest planet in the solar system."
+    assert result.stdout.splitlines() == [
+        f"Wrote 8 records (3 originals, 5 paraphrases) to {output}",
+        f"  {paraphrases}: 7 records (2 originals, 5 paraphrases)",
+        f"  {alpaca}: 1 record (1 original, 0 paraphrases)",
+    ]
+    sidecar = json.loads(output.with_suffix(".meta.json").read_text())
+    assert sidecar["sources"] == [str(paraphrases), str(alpaca)] and sidecar["records_per_source"] == [7, 1]
+
+
+def read_records_of(tmp_path: Path, source: Path) -> list[dict[str, str]]:
+    return prepare(tmp_path, "--dataset-id", source, "--format", "paraphrase", name="alone.json")
+
+
+def test_a_bad_record_in_the_second_source_names_that_file(tmp_path):
+    output = tmp_path / "out.json"
+    bad = DATA / "alpaca_missing_output.json"
+    result = run_script(
+        PREPARE, "--format", "alpaca", "--dataset-id", DATA / "alpaca.json", "--dataset-id", bad, "--output", output
+    )
+    assert result.returncode == 1 and f"{bad}: record 1: field 'output' is missing" in result.stderr
+    assert not output.exists()
+
+
+def grouped_paraphrases(path: Path, originals: int) -> Path:
+    """Originals tagged [g<i>], each with 1 to 4 paraphrases carrying the same tag: the groups are known."""
+    rows = [
+        {
+            "instruction_original": f"[g{i}] original",
+            "output": f"answer {i}",
+            "paraphrases": [{"paraphrase": f"[g{i}] wording {k}", "bucket": k + 1} for k in range(1 + i % 4)],
+        }
+        for i in range(originals)
+    ]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def groups(records: list[dict[str, str]]) -> list[str]:
+    return [record["input"].split("]")[0] + "]" for record in records]
+
+
+def split_groups(tmp_path: Path, source: Path, seed: int, folder: str):
+    train_file, dev_file = tmp_path / folder / "train.json", tmp_path / folder / "dev.json"
+    split = ["--dev-output", dev_file, "--dev-fraction", 0.25, "--seed", seed]
+    result = run_script(PREPARE, "--format", "paraphrase", "--dataset-id", source, "--output", train_file, *split)
+    assert result.returncode == 0, result.stderr
+    return result, read_records(train_file), read_records(dev_file)
+
+
+def test_the_held_out_dev_set_keeps_every_original_with_all_its_paraphrases(tmp_path):
+    source = grouped_paraphrases(tmp_path / "groups.json", 60)
+    result, train_records, dev_records = split_groups(tmp_path, source, 3, "a")
+    train, dev = groups(train_records), groups(dev_records)
+    assert not set(train) & set(dev), "an original and its paraphrases land on one side only"
+    assert len(set(dev)) == 15 and len(set(train)) == 45, "a quarter of the 60 originals is held out"
+    sizes = {f"[g{i}]": 2 + i % 4 for i in range(60)}
+    assert all(train.count(g) == sizes[g] for g in set(train)) and all(dev.count(g) == sizes[g] for g in set(dev))
+    assert 0.15 < len(dev) / (len(dev) + len(train)) < 0.35
+    assert f"Wrote {len(dev)} records (15 originals, {len(dev) - 15} paraphrases) to" in result.stdout
+    assert split_groups(tmp_path, source, 3, "b")[1:] == (train_records, dev_records), "seeded"
+    assert split_groups(tmp_path, source, 4, "c")[2] != dev_records
+
+
+def test_dev_split_flags_need_dev_output(tmp_path):
+    args = ["--format", "alpaca", "--dataset-id", DATA / "alpaca.json", "--output", tmp_path / "o.json"]
+    result = run_script(PREPARE, *args, "--seed", 1)
+    assert result.returncode == 2 and "pass --dev-output" in result.stderr
+
+
+def test_buckets_found_and_kept_are_logged_and_recorded(tmp_path):
+    output = tmp_path / "p.json"
+    args = ["--dataset-id", DATA / "paraphrase.json", "--format", "paraphrase", "--output", output]
+    result = run_script(PREPARE, *args, "--buckets", "1-5")
+    assert result.returncode == 0, result.stderr
+    assert "--buckets asks for 4, 5, which no paraphrase is in: kept 1, 2, 3 only" in result.stderr
+    assert "Paraphrase buckets found: 1, 2, 3; kept: 1, 2, 3" in result.stderr
+    sidecar = json.loads((tmp_path / "p.meta.json").read_text())
+    assert sidecar["buckets"] == {"asked": [1, 2, 3, 4, 5], "found": [1, 2, 3], "kept": [1, 2, 3]}
+    assert sources.preparation_params(output) == {
+        "prepared_format": "paraphrase",
+        "prepared_sources": str(DATA / "paraphrase.json"),
+        "prepared_buckets_asked": "1,2,3,4,5",
+        "prepared_buckets_found": "1,2,3",
+        "prepared_buckets_kept": "1,2,3",
+    }
+    output.write_text(output.read_text().replace("Jupiter", "Saturn"))
+    assert sources.preparation_params(output) == {}, "a sidecar that no longer describes the file is not used"
+
+
+def test_buckets_that_keep_no_paraphrase_are_refused(tmp_path):
+    output = tmp_path / "p.json"
+    args = ["--dataset-id", DATA / "paraphrase.json", "--format", "paraphrase", "--output", output]
+    result = run_script(PREPARE, *args, "--buckets", "4-5")
+    assert result.returncode == 1
+    assert f"{DATA / 'paraphrase.json'}: no paraphrase is in bucket 4, 5 (--buckets); found: 1, 2, 3" in result.stderr
+    assert not output.exists()
 
 
 def test_tatqa_one_record_per_question_with_table_paragraphs_and_derivation(tmp_path):
