@@ -1,8 +1,11 @@
 """Merging an adapter into full-precision base weights: LoRA and QLoRA both end here.
 
 The base is always reloaded unquantized: merging into 4-bit weights would round the adapter's update away.
+The merged folder's merged_from.json names the adapter and the MLflow run that trained it, so scripts/evaluate.py
+logs a merged model's scores into that run.
 """
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -11,6 +14,41 @@ import click
 
 log = logging.getLogger(__name__)
 
+MERGED_FROM_FILE = "merged_from.json"  # not mlflow_run.json: a merged folder is no training output to resume
+
+
+def provenance(base_model: str, adapter_dir: Path) -> dict[str, str | None]:
+    """The base, the adapter folder, and the training run recorded in the adapter folder (None without one)."""
+    from shared.tracking import RUN_FILE
+
+    run_file = adapter_dir / RUN_FILE
+    run = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    if not run:
+        log.warning(
+            "%s holds no %s: the merged model's scores will have no training run to go to", adapter_dir, RUN_FILE
+        )
+    return {
+        "base_model": base_model,
+        "adapter": str(adapter_dir.resolve()),
+        "run_id": run.get("run_id"),
+        "experiment_id": run.get("experiment_id"),
+    }
+
+
+def merged_from_run(model_dir: Path) -> str | None:
+    """The training run of the adapter a merged folder was made from, when merge.py recorded one."""
+    path = model_dir / MERGED_FROM_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise click.ClickException(f"{path}: not valid JSON ({err.msg} at line {err.lineno}): pass --run-id") from None
+    run_id = record.get("run_id") if isinstance(record, dict) else None
+    if run_id is not None and not isinstance(run_id, str):
+        raise click.ClickException(f"{path}: field 'run_id' must be a string, found {type(run_id).__name__}")
+    return run_id
+
 
 def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache_dir: Path | None, dtype: str) -> None:
     """Load the base in `dtype` (never quantized), apply the adapter, merge, and save weights and tokenizer."""
@@ -18,6 +56,7 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache
         raise click.UsageError(f"{adapter_dir} holds no adapter_config.json: is it a training output directory?")
     if output_dir.exists() and any(output_dir.iterdir()):
         raise click.UsageError(f"{output_dir} is not empty: choose another --output-dir")
+    merged_from = provenance(base_model, adapter_dir)
 
     import torch
     from peft import PeftModel
@@ -35,6 +74,7 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache
     shutil.rmtree(partial, ignore_errors=True)
     merged.save_pretrained(partial)
     AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(partial)
+    (partial / MERGED_FROM_FILE).write_text(json.dumps(merged_from, indent=2) + "\n")
     if output_dir.exists():
         output_dir.rmdir()
     partial.rename(output_dir)
