@@ -18,6 +18,8 @@ from pathlib import Path
 
 import click
 
+from shared.cli import Command
+
 REPO = Path(__file__).resolve().parent.parent
 METHODS = "lora,qlora,bitfit,prefix,fft"
 FLOP_FORMULA = "MFU = real tokens/s x FLOPs per token / GPU dense bf16 peak; FLOPs per token ~6N full fine-tuning, ~4N with a frozen base (N = total parameters), attention ignored"  # noqa: E501
@@ -164,7 +166,7 @@ def prepare_inputs(workdir: Path, base_model: str | None, dataset: Path | None) 
     return base_model, dataset
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--methods", default=METHODS, show_default=True, help="Comma-separated methods to measure.")
 @click.option(
     "--variant",

@@ -10,12 +10,13 @@ from pathlib import Path
 import click
 
 from shared import formats, sources
+from shared.cli import Command
 from shared.data import DataError
 
 DOMAINS = ("generic", "algorithmic")
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--dataset-id", required=True, help="Hugging Face dataset id (local cache only) or a local file.")
 @click.option("--split", default="train", show_default=True, help="Split, optionally sliced: 'train[:50000]'.")
 @click.option("--generic-count", type=click.IntRange(min=0), required=True, help="Rows with domain 'generic'.")

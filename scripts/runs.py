@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from shared.cli import Group
+
 TRACKING_URI = click.option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI. Default: MLflow's own."
 )
@@ -21,7 +23,7 @@ class UnknownExperiment(click.ClickException):
     """The experiment to reap does not exist in the tracking store."""
 
 
-@click.group()
+@click.group(cls=Group)
 def main() -> None:
     """Find and end runs whose training process is gone."""
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from shared.cli import Group
+
 OUTPUT_DIR = click.option(
     "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="The study's folder."
 )
@@ -23,7 +25,7 @@ TRACKING_URI = click.option(
 )
 
 
-@click.group()
+@click.group(cls=Group)
 def main() -> None:
     """Run a study (sweep, select, final, evaluate) or show where one stands."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+DEFAULT_EXPERIMENT = "peft-comparison"
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 # Names as transformers' TrainingArguments takes them (listed here so that --help imports nothing heavy).
 OPTIMIZERS = (
@@ -217,7 +218,11 @@ _COMMON_OPTIONS = [
         help="Relative drop in dev loss that counts as an improvement (0.01 = 1%).",
     ),
     # tracking
-    click.option("--experiment-name", envvar="MLFLOW_EXPERIMENT_NAME", default="peft-comparison", show_default=True),
+    click.option(
+        "--experiment-name",
+        envvar="MLFLOW_EXPERIMENT_NAME",
+        help=f"MLflow experiment. Default: {DEFAULT_EXPERIMENT}; under `mlflow run`, the one it put the run in.",
+    ),
     click.option("--run-name", help="MLflow run name. Default: METHOD-<timestamp>."),
     click.option(
         "--tracking-uri", help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else MLflow's local store."

@@ -8,6 +8,7 @@ Only the main process (rank 0) talks to MLflow. The run id is written into the o
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import time
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import click
 import mlflow
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
 from shared.data import data_order_sha256
+from shared.options import DEFAULT_EXPERIMENT
 from shared.outbox import OUTBOX_FILE, MlflowOutbox
 from shared.preemption import Preempted
 from shared.reaping import heartbeat, process_tags
@@ -94,7 +97,7 @@ def tracked_run(
     base_model: str,
     system_metrics: bool,
     tracking_uri: str | None,
-    experiment_name: str,
+    experiment_name: str | None,
     run_name: str | None,
     resume: bool,
 ) -> Iterator[MlflowOutbox | None]:
@@ -109,10 +112,20 @@ def tracked_run(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     resumed_id = read_run_id(output_dir) if resume else None
-    attached = resumed_id or os.environ.get("MLFLOW_RUN_ID")
-    if not attached:
-        mlflow.set_experiment(experiment_name)
-    name = None if attached else scrub(run_name or f"{method}-{datetime.now():%Y%m%d-%H%M%S}")
+    launched_id = os.environ.get("MLFLOW_RUN_ID")  # a run `mlflow run` or the study driver created for this job
+    name = scrub(run_name or f"{method}-{datetime.now():%Y%m%d-%H%M%S}")
+    if resumed_id:
+        name = None  # it keeps its name
+        if launched_id and launched_id != resumed_id:
+            MlflowClient().set_tag(launched_id, "resumed_run_id", resumed_id)
+            log.info("Resuming: this job logs into run %s, which trained %s", resumed_id, output_dir)
+    elif launched_id:
+        launched = MlflowClient().get_run(launched_id)
+        check_experiment(launched, experiment_name)
+        if not run_name and not is_generated_name(launched.info.run_name):
+            name = None  # named by `mlflow run --run-name` or by the study
+    else:
+        mlflow.set_experiment(experiment_name or DEFAULT_EXPERIMENT)
     run = mlflow.start_run(run_id=resumed_id, run_name=name, log_system_metrics=system_metrics)
     log.info("MLflow run %s in %s", run.info.run_id, redact_uri(mlflow.get_tracking_uri()))
     outbox = MlflowOutbox(run.info.run_id, output_dir)
@@ -121,7 +134,8 @@ def tracked_run(
         record = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
         (Path(output_dir) / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
         mlflow.set_tags(run_tags(method, base_model))
-        log_params_once(params)
+        experiment = MlflowClient().get_experiment(run.info.experiment_id).name
+        log_params_once({**params, "experiment_name": experiment})
         with heartbeat(run.info.run_id):
             yield outbox
     except Preempted:
@@ -132,6 +146,25 @@ def tracked_run(
         _end_run(outbox, "FAILED")
         raise
     _end_run(outbox, "FINISHED")
+
+
+def check_experiment(launched: Run, experiment_name: str | None) -> None:
+    """Refuse an --experiment-name other than the experiment of the run this job was launched into."""
+    actual = MlflowClient().get_experiment(launched.info.experiment_id).name
+    if experiment_name and experiment_name != actual:
+        raise click.UsageError(
+            f"--experiment-name {experiment_name!r}, but the run this job was launched into (MLFLOW_RUN_ID "
+            f"{launched.info.run_id}) is in experiment {actual!r}: under `mlflow run`, choose the experiment with "
+            "`mlflow run --experiment-name`, not -P experiment_name"
+        )
+
+
+def is_generated_name(name: str) -> bool:
+    """Whether `name` is one MLflow made up for a run created without one ('bold-cat-123')."""
+    from mlflow.utils.name_utils import _GENERATOR_NOUNS, _GENERATOR_PREDICATES
+
+    words = re.fullmatch(r"([a-z]+)-([a-z]+)-\d+", name or "")
+    return bool(words) and words[1] in _GENERATOR_PREDICATES and words[2] in _GENERATOR_NOUNS
 
 
 def _end_run(outbox: MlflowOutbox, status: str) -> None:
@@ -146,12 +179,25 @@ def log_params_once(params: dict) -> None:
     existing = MlflowClient().get_run(run.info.run_id).data.params
     fresh = {}
     for key, value in params.items():
-        value = scrub(str(value))
+        value = scrub(param_text(value))
         if key not in existing:
             fresh[key] = value
-        elif existing[key] != value:
+        elif not same_value(existing[key], value):
             log.warning("Param %s stays %r in the run (this job passed %r)", key, existing[key], value)
     mlflow.log_params(fresh)
+
+
+def param_text(value) -> str:
+    """A flag's value as a param: several paths joined with os.pathsep, as `--dataset a.json:b.json` takes them."""
+    if isinstance(value, list | tuple):
+        return os.pathsep.join(map(str, value))
+    return str(value)
+
+
+def same_value(logged: str, value: str) -> bool:
+    """Equal, or the same switch value spelled two ways (`mlflow run -P bf16=true` logs 'true', the script True)."""
+    switch = {"true": True, "false": False}
+    return logged == value or switch.get(logged.lower(), logged) == switch.get(value.lower(), value)
 
 
 def peak_memory_mb() -> float:

@@ -1,7 +1,10 @@
 """One MLflow run per job, against a real local MLflow store (sqlite)."""
 
 import json
+import os
+import re
 
+import click
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -28,7 +31,7 @@ def store(tmp_path):
     mlflow.set_tracking_uri(None)
 
 
-def open_run(store, output_dir, resume=False, params=None, run_name=None):
+def open_run(store, output_dir, resume=False, params=None, run_name=None, experiment_name="tests"):
     return tracked_run(
         "lora",
         params or {"learning_rate": 0.001},
@@ -36,7 +39,7 @@ def open_run(store, output_dir, resume=False, params=None, run_name=None):
         base_model="models/tiny",
         system_metrics=False,
         tracking_uri=store,
-        experiment_name="tests",
+        experiment_name=experiment_name,
         run_name=run_name,
         resume=resume,
     )
@@ -64,7 +67,8 @@ def test_a_run_records_its_id_and_finishes(store, tmp_path):
     run = MlflowClient(store).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["method"] == "lora"
-    assert run.data.params == {"learning_rate": "0.001", "tracking_uri": "http://host:5000"}
+    expected = {"learning_rate": "0.001", "tracking_uri": "http://host:5000", "experiment_name": "tests"}
+    assert run.data.params == expected
     assert json.loads((out / RUN_FILE).read_text())["run_id"] == run_id == read_run_id(out)
 
 
@@ -84,7 +88,7 @@ def test_resume_reopens_the_same_run_and_keeps_first_params(store, tmp_path):
         pass
     assert second.run_id == first.run_id
     run = MlflowClient(store).get_run(first.run_id)
-    assert run.data.params == {"learning_rate": "0.001", "epochs": "3", "seed": "1"}
+    assert run.data.params == {"learning_rate": "0.001", "epochs": "3", "seed": "1", "experiment_name": "tests"}
     assert run.info.status == "FINISHED"
     assert len(MlflowClient(store).search_runs([run.info.experiment_id])) == 1
 
@@ -117,18 +121,50 @@ def test_metrics_get_stable_names_throughput_and_memory(store, tmp_path):
     assert metrics["peak_memory_mb"] > 10
 
 
-def test_attaches_to_the_run_mlflow_run_created(store, tmp_path, monkeypatch):
+def launched_run(store, monkeypatch, **settings) -> str:
+    """A run created as `mlflow run` (or the study driver) creates one, its id in MLFLOW_RUN_ID."""
     client = MlflowClient(store)
-    created = client.create_run(client.create_experiment("projects")).info.run_id
-    client.log_param(created, "learning_rate", "1e-3")  # as `mlflow run` logs its -P values
+    created = client.create_run(client.create_experiment("projects"), **settings).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", created)
-    with open_run(store, tmp_path / "out", params={"learning_rate": 0.001, "seed": 42}) as outbox:
+    return created
+
+
+def test_attaches_to_the_run_mlflow_run_created(store, tmp_path, monkeypatch):
+    created = launched_run(store, monkeypatch)
+    client = MlflowClient(store)
+    client.log_param(created, "learning_rate", "1e-3")  # as `mlflow run` logs its -P values
+    client.log_param(created, "bf16", "true")
+    params = {"learning_rate": 0.001, "seed": 42, "bf16": True, "dataset": ("a.json", "b.json")}
+    with open_run(store, tmp_path / "out", params=params, experiment_name=None) as outbox:
         pass
-    run_id = outbox.run_id
-    assert run_id == created
+    assert outbox.run_id == created
     run = client.get_run(created)
-    assert run.data.params == {"learning_rate": "1e-3", "seed": "42"}
+    assert run.data.params == {
+        "learning_rate": "1e-3",
+        "seed": "42",
+        "bf16": "true",
+        "dataset": f"a.json{os.pathsep}b.json",
+        "experiment_name": "projects",  # where the run is, not the script's default
+    }
     assert run.data.tags["method"] == "lora" and run.info.status == "FINISHED"
+    assert re.fullmatch(r"lora-\d{8}-\d{6}", run.info.run_name), "MLflow's made-up name is replaced"
+
+
+@pytest.mark.parametrize(
+    ("given", "flag", "expected"), [("study-child-3", None, "study-child-3"), (None, "mine", "mine")]
+)
+def test_a_launched_run_keeps_a_name_someone_chose(store, tmp_path, monkeypatch, given, flag, expected):
+    created = launched_run(store, monkeypatch, run_name=given)
+    with open_run(store, tmp_path / "out", run_name=flag, experiment_name=None):
+        pass
+    assert MlflowClient(store).get_run(created).info.run_name == expected
+
+
+def test_a_launched_run_refuses_another_experiment(store, tmp_path, monkeypatch):
+    launched_run(store, monkeypatch)
+    with pytest.raises(click.UsageError, match="is in experiment 'projects'.*mlflow run --experiment-name"):
+        with open_run(store, tmp_path / "out", experiment_name="elsewhere"):
+            pass
 
 
 def test_tags_say_where_and_on_what_a_run_trained(monkeypatch):

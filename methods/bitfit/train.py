@@ -9,6 +9,7 @@ import re
 
 import click
 
+from shared.cli import Command
 from shared.options import common_options
 
 
@@ -46,7 +47,7 @@ def biases_only(flags: dict):
     return model
 
 
-@click.command()
+@click.command(cls=Command)
 @common_options
 # BitFit
 @click.option(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from shared.cli import Command
 from shared.options import common_options
 
 ZERO_CONFIGS = {name: Path(__file__).resolve().parent / f"{name}.json" for name in ("zero2", "zero3")}
@@ -53,7 +54,7 @@ def zero_config(flags: dict) -> dict:
     return config
 
 
-@click.command()
+@click.command(cls=Command)
 @common_options
 # distributed training
 @click.option(

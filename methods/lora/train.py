@@ -6,6 +6,7 @@ and the adapter folds back into the base weights with `merge.py` for serving.
 
 import click
 
+from shared.cli import Command
 from shared.options import common_options, lora_options
 
 
@@ -18,7 +19,7 @@ def attach_lora(flags: dict):
     return get_peft_model(load_base_model(flags), lora_config(flags))
 
 
-@click.command()
+@click.command(cls=Command)
 @common_options
 @lora_options
 def main(**flags) -> None:

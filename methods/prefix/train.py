@@ -7,6 +7,7 @@ the model from the base plus the adapter, guided by `prefix_metadata.json` (vLLM
 
 import click
 
+from shared.cli import Command
 from shared.options import common_options
 
 METADATA_FILE = "prefix_metadata.json"
@@ -43,7 +44,7 @@ def prefix_metadata(flags: dict) -> dict:
     }
 
 
-@click.command()
+@click.command(cls=Command)
 @common_options
 # prefix tuning
 @click.option(

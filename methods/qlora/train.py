@@ -7,6 +7,7 @@ adapter into full-precision weights, never into quantized ones.
 
 import click
 
+from shared.cli import Command
 from shared.options import common_options, lora_options
 
 
@@ -39,7 +40,7 @@ def quantized_lora(flags: dict):
     return get_peft_model(model, lora_config(flags))
 
 
-@click.command()
+@click.command(cls=Command)
 @common_options
 @lora_options
 # quantization
