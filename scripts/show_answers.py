@@ -81,7 +81,13 @@ def describe(sample: dict) -> str:
 
 @click.command()
 @click.argument("source")
-@click.option("--sid", multiple=True, required=True, help="Task id or source record id to show (repeatable).")
+@click.option(
+    "--sid",
+    multiple=True,
+    required=True,
+    callback=lambda ctx, param, values: tuple(sid.strip() for value in values for sid in value.split(",")),
+    help="Task id or source record id to show; repeatable, or several separated by commas ('7,100').",
+)
 @click.option("--benchmark", help="For a run scored on several benchmarks: which one.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI. Default: MLflow's own.")
 def main(source: str, sid: tuple[str, ...], benchmark: str | None, tracking_uri: str | None) -> None:

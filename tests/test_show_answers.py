@@ -52,6 +52,7 @@ def blocks(stdout: str) -> list[str]:
 def test_the_chosen_samples_are_shown_in_the_order_asked(exact_match):
     code, stdout, stderr = show(exact_match["folder"] / "out", "--sid", 7, "--sid", 3)
     assert code == 0, stderr
+    assert show(exact_match["folder"] / "out", "--sid", "7,3")[1] == stdout, "as `mlflow run -P sid=7,3` passes them"
     seventh, third = blocks(stdout)
     records = exact_match["records"]
     assert seventh.startswith("task 7: not an exact match\n")
