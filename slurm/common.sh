@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by slurm/*.sbatch from the repo root, after `set -euo pipefail`: offline Hugging Face defaults, and
-# run_preemptible, which turns a preemption signal into checkpoint + requeue + resume.
+# run_preemptible, which turns a preemption signal into checkpoint + requeue + resume. Outside Slurm (a wrapper
+# run with bash) the single-process wrappers run as plain local jobs; the others say they need sbatch.
 
 # Compute nodes are often offline: use the local HF cache unless the caller set these.
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
@@ -11,6 +12,21 @@ export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
 PREEMPTED_EXIT_CODE=75
 # The repo this file belongs to: a study's array job runs from the study's folder, not from the repo root.
 WORKBENCH_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# How messages name this job.
+if [[ -n ${SLURM_JOB_ID:-} ]]; then
+    JOB="job ${SLURM_JOB_ID}"
+else
+    JOB="local job (pid $$)"
+fi
+
+# require_slurm WHY: stop a wrapper that cannot run outside Slurm, saying why and what to run instead.
+require_slurm() {
+    if [[ -z ${SLURM_JOB_ID:-} ]]; then
+        echo "${0##*/} must be submitted with sbatch: $1" >&2
+        exit 2
+    fi
+}
 
 # flag_value FLAG ARGS...: the value of FLAG (e.g. --output-dir) in the trainer's arguments ("" when absent).
 flag_value() {
@@ -35,13 +51,17 @@ flag_value() {
 # limit, or `scancel --batch --signal=USR1 JOB`) the job requeues itself; after SIGTERM (scancel, a
 # scheduler's preemption or time limit) Slurm decides whether it comes back. A rerun (SLURM_RESTART_COUNT > 0)
 # adds --resume once the output directory holds the run file: it continues from the last checkpoint in the
-# same MLflow run (from step 0 if the first attempt stopped before its first checkpoint).
+# same MLflow run (from step 0 if the first attempt stopped before its first checkpoint). Outside Slurm a signal
+# still checkpoints and stops the trainer, and nothing requeues it: rerun the command with --resume.
 run_preemptible() {
     local cmd=("$@")
     local output_dir
     output_dir="$(flag_value --output-dir "$@")"
+    if [[ -z ${SLURM_JOB_ID:-} ]]; then
+        echo "Not under Slurm (no SLURM_JOB_ID): running as a plain local job, ${JOB}" >&2
+    fi
     if (( ${SLURM_RESTART_COUNT:-0} > 0 )) && [[ -n $output_dir && -f $output_dir/mlflow_run.json ]]; then
-        echo "restart ${SLURM_RESTART_COUNT} of job ${SLURM_JOB_ID}: resuming from ${output_dir}"
+        echo "restart ${SLURM_RESTART_COUNT} of ${JOB}: resuming from ${output_dir}"
         cmd+=(--resume)
     fi
 
@@ -61,8 +81,10 @@ run_preemptible() {
     done
     trap - USR1 TERM
 
-    if [[ $signalled == USR1 && $status -ne 0 ]]; then
-        echo "job ${SLURM_JOB_ID}: preempted on SIGUSR1 (trainer exit status ${status}); requeueing"
+    if [[ -n $signalled && $status -eq $PREEMPTED_EXIT_CODE && -z ${SLURM_JOB_ID:-} ]]; then
+        echo "${JOB}: stopped on SIG${signalled} after a checkpoint; rerun the same command with --resume to go on" >&2
+    elif [[ $signalled == USR1 && $status -ne 0 ]]; then
+        echo "${JOB}: preempted on SIGUSR1 (trainer exit status ${status}); requeueing"
         scontrol requeue "$SLURM_JOB_ID"
         return "$PREEMPTED_EXIT_CODE"
     fi
@@ -83,7 +105,7 @@ fail_unended_run() {
         reason="trainer killed by signal $((status - 128)) (exit status ${status})"
     fi
     local mark=(python "$WORKBENCH_REPO/scripts/runs.py" mark-failed --output-dir "$output_dir")
-    mark+=(--reason "job ${SLURM_JOB_ID}: ${reason}")
+    mark+=(--reason "${JOB}: ${reason}")
     local tracking_uri arg
     tracking_uri="$(flag_value --tracking-uri "$@")"
     for arg in "$@"; do  # a study's job line passes the URI through `env MLFLOW_TRACKING_URI=... python ...`
@@ -94,6 +116,6 @@ fail_unended_run() {
     if [[ -n $tracking_uri ]]; then
         mark+=(--tracking-uri "$tracking_uri")
     fi
-    "${mark[@]}" || echo "job ${SLURM_JOB_ID}: the MLflow run of ${output_dir} is left RUNNING (see above);" \
+    "${mark[@]}" || echo "${JOB}: the MLflow run of ${output_dir} is left RUNNING (see above);" \
         "scripts/runs.py reap will end it"
 }
