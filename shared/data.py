@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,22 @@ class DataError(click.ClickException):
     """A data file that cannot be used; the message names the file, the record and the field."""
 
 
-def read_records(path: Path) -> list[dict[str, str]]:
-    """Read a JSON list or JSONL file of {input, output} records, refusing anything else with a clear error."""
+def read_records(paths: Path | Sequence[Path]) -> list[dict[str, str]]:
+    """Read a JSON list or JSONL file of {input, output} records, or several files' records one file after the
+    other (each file's count logged), refusing anything else with an error naming the file, record and field."""
+    if isinstance(paths, str | Path):
+        return _read_file(Path(paths))
+    records = []
+    for index, path in enumerate(paths):
+        if path in paths[:index]:
+            log.warning("%s is given twice as training data: its records count twice", path)
+        file_records = _read_file(Path(path))
+        log.info("%s: %d records", path, len(file_records))
+        records += file_records
+    return records
+
+
+def _read_file(path: Path) -> list[dict[str, str]]:
     records = read_json_rows(path)
     if not records:
         raise DataError(f"{path}: the dataset is empty")
@@ -95,9 +109,12 @@ def check_string_fields(where: str, record: dict, fields: tuple[str, ...]) -> No
             raise DataError(f"{where}: field '{field}' must be a string, found {found}")
 
 
-def file_sha256(path: Path) -> str:
-    """Content hash of a data file, logged so runs on the same data can be matched."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def file_sha256(paths: Path | Sequence[Path]) -> str:
+    """Content hash of a data file (of several: theirs, comma-separated), logged so runs on the same data can be
+    matched."""
+    if isinstance(paths, str | Path):
+        return hashlib.sha256(Path(paths).read_bytes()).hexdigest()
+    return ",".join(file_sha256(path) for path in paths)
 
 
 def data_order_sha256(loader) -> str | None:

@@ -1,5 +1,6 @@
 """The command-line flags every method accepts, defined once so that all methods take exactly the same ones."""
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,13 @@ _COMMON_OPTIONS = [
     # I/O
     click.option("--base-model", required=True, help="Hugging Face model id or local model folder."),
     click.option(
-        "--dataset", required=True, type=EXISTING_FILE, help="Training records: JSON list or JSONL of {input, output}."
+        "--dataset",
+        required=True,
+        multiple=True,
+        type=EXISTING_FILE,
+        callback=lambda ctx, param, files: files[0] if len(files) == 1 else files,  # one file: a plain Path
+        help="Training records: JSON list or JSONL of {input, output}. Several files: repeat the flag, or join "
+        f"them with '{os.pathsep}' (a.json{os.pathsep}b.json); their records are read in that order.",
     ),
     click.option(
         "--dev-dataset",

@@ -1,15 +1,18 @@
 """Reading, validating, rendering and tokenizing {input, output} records."""
 
 import json
+import logging
 
 import pytest
 from transformers import AutoTokenizer
 
+from conftest import run_script
 from shared.data import (
     ALPACA_PROMPT,
     IGNORE_INDEX,
     DataError,
     batch_collator,
+    file_sha256,
     read_records,
     render,
     split_off_dev,
@@ -59,6 +62,24 @@ def test_bad_files_are_refused_naming_file_record_and_field(tmp_path, name, cont
         read_records(path)
     assert str(path) in err.value.message
     assert expected in err.value.message
+
+
+def test_several_files_are_read_in_the_order_given_each_count_logged(tmp_path, caplog):
+    first = write(tmp_path, "a.json", json.dumps(GOOD))
+    second = write(tmp_path, "b.jsonl", json.dumps({"input": "e", "output": "f"}) + "\n")
+    with caplog.at_level(logging.INFO, logger="shared.data"):
+        records = read_records((first, second))
+    assert records == [*GOOD, {"input": "e", "output": "f"}]
+    assert f"{first}: 2 records" in caplog.text and f"{second}: 1 records" in caplog.text
+    assert read_records((second, first))[0] == {"input": "e", "output": "f"}
+    assert file_sha256((first, second)) == f"{file_sha256(first)},{file_sha256(second)}"
+
+
+def test_a_bad_file_among_several_is_named_with_its_record_and_field(tmp_path):
+    good = write(tmp_path, "a.json", json.dumps(GOOD))
+    bad = write(tmp_path, "b.json", json.dumps([GOOD[0], {"input": "x", "output": 3}]))
+    with pytest.raises(DataError, match=f"^{bad}: record 1: field 'output' must be a string, found int$"):
+        read_records((good, bad))
 
 
 def test_dev_split_is_seeded_disjoint_and_complete():
@@ -171,3 +192,17 @@ def test_tokenization_is_cached_on_disk_and_keyed_by_its_inputs(qwen_tokenizer, 
     shorter = tokenize_records(records, qwen_tokenizer, len(first.dataset[0]["input_ids"]) - 1, "t", cache_dir=tmp_path)
     assert not cached & {f["filename"] for f in shorter.dataset.cache_files}, "another max length, another entry"
     assert shorter.truncated > 0
+
+
+@pytest.mark.slow
+def test_a_bad_file_among_several_is_refused_before_anything_runs(tmp_path, tiny_qwen2, synthetic_dataset):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"input": "a", "output": "b"}, {"input": "c"}]))
+    result = run_script(
+        "methods/lora/train.py", "--base-model", tiny_qwen2, "--dataset", synthetic_dataset, "--dataset", bad,
+        "--output-dir", tmp_path / "out", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"{bad}: record 1: field 'output' is missing" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, only_run, spelled_digits
+from conftest import REPO, only_run, run_script, spelled_digits
 
 ENTRY_POINTS = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
 TOOLS = {"prepare_data", "prepare_balanced_data", "merge", "evaluate", "compare", "study"}
@@ -236,3 +236,34 @@ def test_mlflow_run_refuses_a_bad_switch_value_naming_it(tmp_path, synthetic_dat
     _, run = only_run(tmp_path)
     assert run.info.status == "FAILED"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_several_training_files_through_mlflow_run_as_on_the_command_line(tmp_path, tiny_qwen2):
+    """-P dataset=a.json:b.jsonl trains on both files, exactly as --dataset a.json --dataset b.jsonl does: same
+    records, same dev split, same data order."""
+    records = spelled_digits(120, seed=3)
+    first, second = tmp_path / "a.json", tmp_path / "b.jsonl"
+    first.write_text(json.dumps(records[:80]))
+    second.write_text("\n".join(json.dumps(r) for r in records[80:]))
+    short = {**FAST_PARAMS, "max_steps": 2}
+    params = {"base_model": tiny_qwen2, "dataset": f"{first}{os.pathsep}{second}", "output_dir": tmp_path / "mlflow"}
+    result = mlflow_run(tmp_path, "lora", {**params, **short}, "--experiment-name", "tests")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{first}: 80 records" in result.stderr and f"{second}: 40 records" in result.stderr
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in short.items()]
+    by_hand = run_script(
+        "methods/lora/train.py", "--base-model", tiny_qwen2, "--dataset", first, "--dataset", second,
+        "--output-dir", tmp_path / "cli", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--experiment-name", "by-hand", *flags, cwd=tmp_path,
+    )  # fmt: skip
+    assert by_hand.returncode == 0, by_hand.stderr[-3000:]
+
+    client, run = only_run(tmp_path)
+    other = client.search_runs([client.get_experiment_by_name("by-hand").experiment_id])[0]
+    assert run.data.params["dataset"] == other.data.params["dataset"] == f"{first}{os.pathsep}{second}"
+    assert run.data.params["dataset_rows"] == "120"
+    keys = ("dataset_sha256", "train_rows", "dev_rows", "data_order_sha256")
+    assert {k: run.data.params[k] for k in keys} == {k: other.data.params[k] for k in keys}
+    assert run.data.params["dataset_sha256"].count(",") == 1, "one digest per file"
+    assert "stays" not in result.stderr

@@ -1,6 +1,7 @@
 """Study specs: a bad spec is refused before anything trains, naming its key; a good one becomes the real flags."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import yaml
 
 from conftest import REPO, run_script
 from shared.contamination import contaminated_tasks
-from shared.study.spec import DEFAULT_LEARNING_RATES, SpecError, load_spec
+from shared.study.spec import DEFAULT_LEARNING_RATES, SpecError, load_command, load_spec
 
 
 def write_spec(folder: Path, **changes) -> Path:
@@ -60,6 +61,9 @@ def test_a_good_spec_becomes_each_scripts_own_flags(tmp_path):
         ({"methods": {"lora": {"schedule": 1}}}, "methods.lora.schedule: unknown key"),
         ({"methods": {}}, "methods: list at least one method"),
         ({"dataset": "missing.json"}, "dataset: missing.json is not a file"),
+        ({"dataset": []}, "dataset: expected a file or a non-empty list of files"),
+        ({"dataset": ["missing.json"]}, "dataset[0]: missing.json is not a file"),
+        ({"dataset": [{"path": "a.json"}]}, "dataset[0]: required: expected a non-empty string"),
         ({"name": None}, "name: required"),
         ({"seeds": [1, 1]}, "seeds: expected distinct integer seeds"),
         ({"evaluation": {"k": [1]}}, "evaluation.benchmark: required"),
@@ -71,6 +75,18 @@ def test_a_bad_spec_is_refused_naming_its_key(tmp_path, changes, message):
     with pytest.raises(SpecError) as refused:
         load_spec(write_spec(tmp_path, **changes))
     assert f"{tmp_path / 'spec.yaml'}: {message}" in refused.value.format_message()
+
+
+def test_several_training_files_reach_each_child_as_its_dataset_flag(tmp_path):
+    (tmp_path / "more.jsonl").write_text(json.dumps({"input": "c", "output": "d"}) + "\n")
+    files = [str(tmp_path / "train.json"), str(tmp_path / "more.jsonl")]
+    spec = load_spec(write_spec(tmp_path, dataset=files))
+    assert spec.dataset == os.pathsep.join(files)
+    # what the driver passes each child: --dataset SPEC.DATASET, read by train.py as both files
+    flags = load_command(REPO / "methods" / "lora" / "train.py").make_context(
+        "train.py", ["--base-model", "m", "--dataset", spec.dataset, "--output-dir", str(tmp_path / "out")]
+    )
+    assert flags.params["dataset"] == tuple(Path(f) for f in files)
 
 
 def test_the_command_refuses_a_bad_spec_before_anything_runs(tmp_path):

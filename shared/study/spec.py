@@ -6,6 +6,7 @@ the spec key. Paths in a spec are relative to the directory the study runs from,
 """
 
 import importlib.util
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class StudySpec:
     path: Path
     name: str
     base_model: str
-    dataset: Path
+    dataset: str  # one file, or several joined with os.pathsep: how --dataset (and --training-data) take them
     dev_dataset: Path | None
     experiment_name: str
     methods: dict[str, MethodPlan]
@@ -101,7 +102,7 @@ def load_spec(path: Path) -> StudySpec:
         raise where.error(unknown[0], f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
     name = where.text(raw, "name")
     base_model = where.text(raw, "base_model")
-    dataset = where.existing_file(raw, "dataset")
+    dataset = where.existing_files(raw, "dataset")
     dev_dataset = where.existing_file(raw, "dev_dataset") if raw.get("dev_dataset") is not None else None
     common = where.mapping(raw, "flags")
     methods = where.mapping(raw, "methods")
@@ -218,6 +219,19 @@ class _Where:
         if not path.is_file():
             raise self.error(key, f"{path} is not a file (paths are relative to the directory the study runs from)")
         return path
+
+    def existing_files(self, raw: dict, key: str) -> str:
+        """One file, or a list of files trained on together, joined with os.pathsep."""
+        value = raw.get(key)
+        if not isinstance(value, list):
+            return str(self.existing_file(raw, key))
+        if not value:
+            raise self.error(key, "expected a file or a non-empty list of files")
+        items = {f"{key}[{index}]": item for index, item in enumerate(value)}
+        paths = [str(self.existing_file(items, item_key)) for item_key in items]
+        if any(os.pathsep in path for path in paths):
+            raise self.error(key, f"a file name holding '{os.pathsep}' cannot be listed: it separates the files")
+        return os.pathsep.join(paths)
 
     def mapping(self, raw: dict, key: str, prefix: str = "") -> dict:
         value = raw.get(key)
