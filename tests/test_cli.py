@@ -13,6 +13,8 @@ import yaml
 from conftest import REPO, load_command
 from shared.options import common_options
 
+REQUIRED = ["--base-model", "m", "--dataset", "MLproject", "--output-dir", "out"]
+LISTED = ("MLproject", "README.md", "pyproject.toml")
 SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("methods/*/*.py"), *REPO.glob("scripts/*.py")])
 
 
@@ -30,6 +32,7 @@ def test_help_imports_no_heavy_library(script):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert "Usage:" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert not re.search(r"--[a-z0-9]+_", result.stdout), "the underscore spellings stay out of --help"
 
 
 def describe(command: click.Command) -> dict[str, tuple]:
@@ -47,6 +50,31 @@ def test_every_method_takes_the_same_common_flags():
     for script in scripts[1:]:
         params = describe(load_command(script))
         assert {n: params.get(n) for n in COMMON_NAMES} == {n: reference[n] for n in COMMON_NAMES}, script
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--bf16"], {"bf16": True}),
+        (["--bf16", "true", "--fp16=false"], {"bf16": True, "fp16": False}),
+        (["--bf16", "--resume"], {"bf16": True, "resume": True}),
+        (["--packing", "false"], {"packing": False}),
+        (["--no_packing", "--dev_dataset", "README.md", "--eval_steps", "50"], {"packing": False, "eval_steps": 50}),
+        (["--dataset", "README.md"], {"dataset": (Path("MLproject"), Path("README.md"))}),
+        (["--dataset", f"README.md{os.pathsep}pyproject.toml"], {"dataset": tuple(map(Path, LISTED))}),
+    ],
+)
+def test_switches_take_a_value_and_flags_their_underscore_name(args, expected, monkeypatch):
+    monkeypatch.chdir(REPO)
+    params = load_command("methods/lora/train.py").make_context("train.py", [*REQUIRED, *args]).params
+    assert {k: params[k] for k in expected} == expected
+
+
+def test_a_bad_switch_value_is_refused_naming_the_switch(monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(click.BadParameter) as refused:
+        load_command("methods/lora/train.py").make_context("train.py", [*REQUIRED, "--bf16", "maybe"])
+    assert refused.value.format_message().startswith("Invalid value for '--bf16': 'maybe' is not a valid boolean")
 
 
 @pytest.mark.parametrize(

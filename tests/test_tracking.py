@@ -160,6 +160,18 @@ def test_a_launched_run_keeps_a_name_someone_chose(store, tmp_path, monkeypatch,
     assert MlflowClient(store).get_run(created).info.run_name == expected
 
 
+def test_resuming_under_mlflow_run_logs_into_the_run_that_trained_the_folder(store, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with open_run(store, out) as first:
+        pass
+    created = launched_run(store, monkeypatch)  # `mlflow run -P resume=true` makes a run of its own
+    with open_run(store, out, resume=True, experiment_name=None) as second:
+        pass
+    assert second.run_id == first.run_id
+    client = MlflowClient(store)
+    assert client.get_run(created).data.tags["resumed_run_id"] == first.run_id, "says where the training went"
+
+
 def test_a_launched_run_refuses_another_experiment(store, tmp_path, monkeypatch):
     launched_run(store, monkeypatch)
     with pytest.raises(click.UsageError, match="is in experiment 'projects'.*mlflow run --experiment-name"):
