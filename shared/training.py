@@ -4,6 +4,9 @@ Order matters: every check that can fail on bad input (flags, output directory, 
 run starts and before the model loads, so a mistake costs seconds and leaves nothing behind.
 """
 
+# First: its filters must be in place before `transformers.Trainer` imports bitsandbytes, which logs on import.
+from shared.logs import setup_logging  # isort: skip
+
 import json
 import logging
 import os
@@ -55,7 +58,7 @@ def run_training(
     `extra_files` are JSON files the method writes beside its saved model (name -> content).
     `trainer_settings` go to TrainingArguments on top of the shared ones (e.g. a DeepSpeed config).
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     output_dir: Path = flags["output_dir"]
     checkpoint = check_output_dir(output_dir, flags["resume"], schedule(flags))
     check_precision(flags)
@@ -89,10 +92,11 @@ def run_training(
         set_seed(flags["seed"])
         model = build_model(flags)
         counts = count_parameters(model)
-        click.echo(
-            f"Trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
-            f"({counts['trainable_percent']:.4f}%)"
-        )
+        if is_main_process():  # every rank counts the same model
+            click.echo(
+                f"Trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
+                f"({counts['trainable_percent']:.4f}%)"
+            )
         callbacks = [
             RelativeEarlyStopping(flags["patience"], flags["min_improvement"]),
             DivergenceGuard(flags["learning_rate"], model.config.vocab_size),

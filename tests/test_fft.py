@@ -7,8 +7,10 @@ CI keeps it warm by caching that folder (or pointing TORCH_EXTENSIONS_DIR at a c
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections import Counter
 
 import click
 import pytest
@@ -50,7 +52,7 @@ def finished(cwd, result) -> dict:
     client, run = only_run(cwd)
     every_run = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(every_run) == 1, "rank 1 must not create a run of its own (nor log into an implicit one)"
-    return {"cwd": cwd, "out": cwd / "out", "client": client, "run": run}
+    return {"cwd": cwd, "out": cwd / "out", "client": client, "run": run, "result": result}
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +122,17 @@ def test_zero3_on_two_processes_is_one_run_logged_once(zero3, tiny_qwen2):
     assert energy["joules"] is None and energy["seconds"] > 0
     uploaded = [a.path for a in zero3["client"].list_artifacts(run.info.run_id)]
     assert uploaded.count("energy.json") == 1
+
+
+def test_two_processes_log_each_message_once(zero3):
+    """Rank 0 logs at INFO, rank 1 at WARNING and above: one line per message for the job, and no DeepSpeed notice
+    about the accelerator it detected."""
+    result = zero3["result"]
+    messages = re.findall(r"^\S+ \S+ INFO (\S+: .*)$", result.stderr, re.MULTILINE)
+    assert "shared.training: Held out 24 of 240 training records as the dev set" in messages
+    assert [m for m, count in Counter(messages).items() if count > 1] == []
+    assert result.stdout.count("Trainable parameters:") == 1
+    assert "accelerator to" not in result.stdout + result.stderr, "DeepSpeed's 'Setting (ds_)accelerator to' line"
 
 
 @pytest.mark.parametrize("launched", ["zero3", "ddp"])

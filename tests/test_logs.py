@@ -1,0 +1,35 @@
+"""shared/logs.py: a real method script's log without the library notices that hold nothing to act on.
+(One line per message under torchrun: tests/test_fft.py, on its DeepSpeed run.)"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, REPO, only_run, run_script
+
+pytestmark = pytest.mark.slow
+
+AVX512BF16 = {"PYTHONPATH": str(Path(__file__).resolve().parent / "avx512bf16")}
+BNB_NOTICE = "Failed to load CPU gemm_4bit_forward"
+
+
+def test_the_stand_in_makes_bitsandbytes_log_its_notice():
+    """The control: without shared.logs, importing peft (which imports bitsandbytes) logs the notice."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import peft"], cwd=REPO, env=AVX512BF16, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and BNB_NOTICE in result.stderr
+
+
+def test_a_method_that_never_quantizes_logs_no_bitsandbytes_notice(tmp_path, tiny_qwen2, synthetic_dataset):
+    result = run_script(
+        "methods/bitfit/train.py", "--base-model", tiny_qwen2, "--dataset", synthetic_dataset,
+        "--output-dir", tmp_path / "out", "--experiment-name", "tests", *FAST, "--max-steps", 1, "--eval-steps", 1,
+        "--no-system-metrics", cwd=tmp_path, env=AVX512BF16,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert BNB_NOTICE not in result.stderr + result.stdout
+    assert "INFO shared.training: Held out" in result.stderr, "the script's own INFO lines still show"
+    assert only_run(tmp_path)[1].info.status == "FINISHED"
