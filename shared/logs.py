@@ -44,10 +44,7 @@ def process_rank() -> int:
 def setup_logging() -> None:
     """Timestamped lines on stderr at INFO on rank 0 and WARNING on the other ranks, library noise dropped."""
     quiet_library_noise()
-    rank = process_rank()
-    if rank:
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # rank 0 shows the same bars
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=FORMAT)
+    logging.basicConfig(level=logging.INFO if process_rank() == 0 else logging.WARNING, format=FORMAT)
 
 
 quiet_library_noise()  # on import: bitsandbytes logs its notice while it is being imported
