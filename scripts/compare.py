@@ -1,4 +1,7 @@
-"""Compare the training runs of one MLflow experiment head to head: a table, a CSV and an energy-vs-metric plot.
+"""Compare the training runs of one MLflow experiment head to head: a table, a CSV and a cost-vs-metric plot.
+
+The plot's cost is energy; when no run measured energy (no GPU, or NVML unreadable) it is the training runtime,
+and the title says so.
 
 Training runs are those tagged `method`; the summary runs this script logs (tag `summary=true`) are skipped.
 Any metric name works as `--metric`, including scores an evaluation step logs into the runs later (say
@@ -6,6 +9,7 @@ Any metric name works as `--metric`, including scores an evaluation step logs in
 """
 
 import csv
+import math
 import re
 import statistics
 from pathlib import Path
@@ -15,6 +19,9 @@ import click
 from shared.redaction import redact_uri
 
 MISSING = "missing"
+SIGNIFICANT_DIGITS = 4
+# The plot's cost axis, first choice first: (row key, name, axis label).
+COSTS = (("energy_joules", "energy", "energy (J)"), ("train_runtime", "runtime", "runtime (s)"))
 # (row key, table header); the chosen metric is appended when it is not one of these.
 COLUMNS = [
     ("run_name", "run"),
@@ -74,21 +81,28 @@ def collect_rows(client, experiment_id: str, metric: str) -> list[dict]:
     return [run_row(client, run, metric) for run in training_runs(client, experiment_id)]
 
 
-def plot_points(rows: list[dict], metric: str) -> list[tuple[str, float, float]]:
-    """(method, energy J, metric) for each run that has both numbers."""
+def plot_points(rows: list[dict], metric: str, cost: str) -> list[tuple[str, float, float]]:
+    """(method, cost, metric) for each run that has both numbers."""
     return [
-        (row["method"], row["energy_joules"], row[metric])
-        for row in rows
-        if row["energy_joules"] is not None and row.get(metric) is not None
+        (row["method"], row[cost], row[metric]) for row in rows if row[cost] is not None and row.get(metric) is not None
     ]
 
 
+def cost_axis(rows: list[dict], metric: str) -> tuple[str, str, str]:
+    """Energy when any run has both energy and the metric, else runtime: (row key, name, axis label)."""
+    return next((axis for axis in COSTS if plot_points(rows, metric, axis[0])), COSTS[-1])
+
+
 def show(value) -> str:
+    """Every number alike: four significant digits, fixed point, thousands separated; whole digits never rounded."""
     if value is None:
         return MISSING
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return str(value)
+    if value == 0:
+        return "0"
+    decimals = max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:,.{decimals}f}"
 
 
 def align(column: int, cell: str, width: int) -> str:
@@ -113,11 +127,14 @@ def write_csv(rows: list[dict], metric: str, path: Path) -> None:
 
 
 def plot_title(rows: list[dict], metric: str) -> str:
-    if not plot_points(rows, metric):
-        if all(row["energy_joules"] is None for row in rows):
-            return f"Energy vs {metric}: no run has energy"
-        return f"Energy vs {metric}: no run has both energy and {metric}"
-    return f"Energy vs {metric}"
+    key, name, _ = cost_axis(rows, metric)
+    title = f"{name.capitalize()} vs {metric}"
+    if not plot_points(rows, metric, key):
+        return f"{title}: no run has {metric}"
+    if key != "energy_joules":
+        measured = any(row["energy_joules"] is not None for row in rows)
+        title += f" (no run has {'both energy and ' + metric if measured else 'energy'}: runtime stands in)"
+    return title
 
 
 def write_plot(rows: list[dict], metric: str, path: Path) -> None:
@@ -126,24 +143,26 @@ def write_plot(rows: list[dict], metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = plot_points(rows, metric)
+    key, _, label = cost_axis(rows, metric)
+    points = plot_points(rows, metric, key)
     figure, axes = plt.subplots(figsize=(6, 4.5))
-    for method, energy, value in points:
-        axes.scatter(energy, value)
-        axes.annotate(method, (energy, value), textcoords="offset points", xytext=(5, 5))
-    axes.set_xlabel("energy (J)")
+    for method, cost, value in points:
+        axes.scatter(cost, value)
+        axes.annotate(method, (cost, value), textcoords="offset points", xytext=(5, 5))
+    axes.set_xlabel(label)
     axes.set_ylabel(metric)
     title = plot_title(rows, metric)
     if not points:
         axes.text(0.5, 0.5, title.split(": ", 1)[1], ha="center", va="center", transform=axes.transAxes)
-    axes.set_title(title)
+    axes.set_title(title, fontsize="medium")
     figure.tight_layout()
     figure.savefig(path, format="png")
     plt.close(figure)
 
 
-def plot_name(metric: str) -> str:
-    return "energy_vs_" + re.sub(r"[^\w.@-]", "_", metric) + ".png"  # metric names may hold '/', ':' and spaces
+def plot_name(rows: list[dict], metric: str) -> str:
+    """'<cost>_vs_<metric>.png', the cost being the axis drawn; metric names may hold '/', ':' and spaces."""
+    return f"{cost_axis(rows, metric)[1]}_vs_" + re.sub(r"[^\w.@-]", "_", metric) + ".png"
 
 
 def log_summary(client, experiment_id: str, metric: str, files: list[Path]) -> str:
@@ -174,10 +193,11 @@ def find_experiment(client, name: str):
     "--metric",
     default="best_eval_loss",
     show_default=True,
-    help="Metric to plot against energy: eval_loss, best_eval_loss, or any other a run logged (an evaluation score).",
+    help="Metric to plot against energy (runtime when no run has energy): eval_loss, best_eval_loss, or any other "
+    "a run logged (an evaluation score).",
 )
 def main(experiment_name: str, tracking_uri: str | None, output_dir: Path, metric: str) -> None:
-    """Tabulate an experiment's training runs, plot energy against --metric, and log both as a summary run."""
+    """Tabulate an experiment's training runs, plot energy (or runtime) against --metric, log both as a summary run."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -187,7 +207,7 @@ def main(experiment_name: str, tracking_uri: str | None, output_dir: Path, metri
         raise click.ClickException(f"Experiment {experiment_name!r} holds no training runs (none tagged 'method')")
     click.echo(format_table(rows, metric) + "\n")
     output_dir.mkdir(parents=True, exist_ok=True)
-    table, plot = output_dir / "comparison.csv", output_dir / plot_name(metric)
+    table, plot = output_dir / "comparison.csv", output_dir / plot_name(rows, metric)
     write_csv(rows, metric, table)
     write_plot(rows, metric, plot)
     run_id = log_summary(client, experiment.experiment_id, metric, [table, plot])

@@ -5,6 +5,7 @@ import filecmp
 import time
 
 import matplotlib.image
+import numpy
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
@@ -23,6 +24,14 @@ compare_module = compare.callback.__globals__  # the script's functions, for uni
 def assert_real_png(path):
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert matplotlib.image.imread(path).ndim == 3
+
+
+def assert_points_drawn(path, drawn: bool = True):
+    """The plot holds scatter points: pixels of matplotlib's first colour (#1f77b4), which nothing else uses."""
+    assert_real_png(path)
+    pixels = matplotlib.image.imread(path)[..., :3]
+    marker = (abs(pixels - numpy.array([0x1F, 0x77, 0xB4]) / 255).max(axis=-1) < 0.05).sum()
+    assert (marker > 20) == drawn, f"{marker} marker pixels"
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +94,9 @@ def test_csv_holds_each_runs_numbers(compared):
     assert float(rows["lora"]["trainable_percent"]) != float(rows["bitfit"]["trainable_percent"])
 
 
-def test_plot_is_a_real_png(compared):
-    assert_real_png(compared["out"] / "energy_vs_best_eval_loss.png")
+def test_without_energy_the_plot_shows_runtime_and_says_so(compared):
+    assert not (compared["out"] / "energy_vs_best_eval_loss.png").exists()
+    assert_points_drawn(compared["out"] / "runtime_vs_best_eval_loss.png")
 
 
 def test_summary_run_serves_both_files_through_the_server(compared, tmp_path):
@@ -94,7 +104,7 @@ def test_summary_run_serves_both_files_through_the_server(compared, tmp_path):
     (summary,) = client.search_runs([experiment.experiment_id], "tags.summary = 'true'")
     assert summary.info.run_name == "compare-best_eval_loss" and "method" not in summary.data.tags
     assert summary.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts must go through the server"
-    names = {"comparison.csv", "energy_vs_best_eval_loss.png"}
+    names = {"comparison.csv", "runtime_vs_best_eval_loss.png"}
     assert {a.path for a in client.list_artifacts(summary.info.run_id)} == names
     for name in names:
         downloaded = client.download_artifacts(summary.info.run_id, name, str(tmp_path))
@@ -153,7 +163,8 @@ def test_run_with_energy_becomes_a_plot_point(store, tmp_path):
     log_run(client, experiment_id, "bitfit", {"best_eval_loss": 0.9, "pass_at_1": 0.125}, 0.1)
     rows = compare_module["collect_rows"](client, experiment_id, "pass_at_1")
     assert [row["method"] for row in rows] == ["lora", "bitfit"]
-    assert compare_module["plot_points"](rows, "pass_at_1") == [("lora", 1234.5, 0.25)]
+    assert compare_module["plot_points"](rows, "pass_at_1", "energy_joules") == [("lora", 1234.5, 0.25)]
+    assert compare_module["plot_title"](rows, "pass_at_1") == "Energy vs pass_at_1"
     assert "pass_at_1" in compare_module["format_table"](rows, "pass_at_1").splitlines()[0]
 
     out = tmp_path / "out"
@@ -163,21 +174,61 @@ def test_run_with_energy_becomes_a_plot_point(store, tmp_path):
         csv_rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert csv_rows["lora"]["energy_joules"] == "1234.5" and csv_rows["bitfit"]["energy_joules"] == ""
     assert csv_rows["lora"]["pass_at_1"] == "0.25"
-    assert_real_png(out / "energy_vs_pass_at_1.png")
+    assert_points_drawn(out / "energy_vs_pass_at_1.png")
     rerun = compare_module["collect_rows"](client, experiment_id, "pass_at_1")
     assert len(rerun) == 2, "the summary run just logged is not a training run"
 
 
 def test_plot_file_name_is_safe_for_any_metric_name():
-    assert compare_module["plot_name"]("humaneval/pass_at_1") == "energy_vs_humaneval_pass_at_1.png"
-    assert compare_module["plot_name"]("code eval:pass_at_1") == "energy_vs_code_eval_pass_at_1.png"
+    rows = [{"method": "lora", "energy_joules": 5.0, "train_runtime": 2.0, "humaneval/pass_at_1": 0.5}]
+    assert compare_module["plot_name"](rows, "humaneval/pass_at_1") == "energy_vs_humaneval_pass_at_1.png"
+    assert compare_module["plot_name"](rows, "code eval:pass_at_1") == "runtime_vs_code_eval_pass_at_1.png"
 
 
-def test_plot_without_any_energy_says_so(tmp_path):
-    rows = [{"method": "lora", "energy_joules": None, "eval_loss": 1.5}]
-    assert compare_module["plot_title"](rows, "eval_loss") == "Energy vs eval_loss: no run has energy"
-    rows.append({"method": "bitfit", "energy_joules": 10.0, "eval_loss": None})
-    assert compare_module["plot_title"](rows, "eval_loss").endswith("no run has both energy and eval_loss")
-    path = tmp_path / "plot.png"
-    compare_module["write_plot"](rows, "eval_loss", path)
-    assert_real_png(path)
+def test_without_energy_runtime_is_the_cost_and_the_title_says_why(tmp_path):
+    rows = [
+        {"method": "lora", "energy_joules": None, "train_runtime": 12.5, "eval_loss": 1.5},
+        {"method": "bitfit", "energy_joules": None, "train_runtime": 8.25, "eval_loss": 1.75},
+    ]
+    assert (
+        compare_module["plot_title"](rows, "eval_loss") == "Runtime vs eval_loss (no run has energy: runtime stands in)"
+    )
+    assert compare_module["plot_points"](rows, "eval_loss", "train_runtime") == [
+        ("lora", 12.5, 1.5),
+        ("bitfit", 8.25, 1.75),
+    ]
+    compare_module["write_plot"](rows, "eval_loss", tmp_path / "runtime.png")
+    assert_points_drawn(tmp_path / "runtime.png")
+    rows.append({"method": "fft", "energy_joules": 10.0, "train_runtime": 3.0, "eval_loss": None})
+    assert compare_module["plot_title"](rows, "eval_loss").endswith(
+        "(no run has both energy and eval_loss: runtime stands in)"
+    )
+    assert compare_module["plot_title"](rows, "pass_at_1") == "Runtime vs pass_at_1: no run has pass_at_1"
+    compare_module["write_plot"](rows, "pass_at_1", tmp_path / "empty.png")
+    assert_points_drawn(tmp_path / "empty.png", drawn=False)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (0.7, "0.7000"), (1.23456, "1.235"), (100.0, "100.0"), (1234.56, "1,235"), (123456.7, "123,457"),
+        (0.000123456, "0.0001235"), (-2.5, "-2.500"), (0.0, "0"), (None, "missing"), ("lora", "lora"),
+    ],
+)  # fmt: skip
+def test_every_number_is_shown_with_four_significant_digits(value, shown):
+    assert compare_module["show"](value) == shown
+
+
+def test_the_table_shows_every_number_alike(store, tmp_path):
+    client, experiment_id = new_experiment(store, "formats", tmp_path)
+    metrics = {
+        "train_runtime": 95.123,
+        "tokens_per_second": 12345.678,
+        "best_eval_loss": 0.04567,
+        "peak_memory_mb": 1500,
+    }
+    log_run(client, experiment_id, "lora", metrics, 0.0123456)
+    table = compare_module["format_table"](
+        compare_module["collect_rows"](client, experiment_id, "best_eval_loss"), "best_eval_loss"
+    )
+    assert table.splitlines()[2].split()[2:] == ["0.01235", "95.12", "1,500", "missing", "12,346", "0.04567"]
