@@ -223,13 +223,14 @@ def _create_run(client, benchmark: str, training_run_id: str | None, experiment_
 
 
 def training_data_of(tracking_uri: str | None, run_id: str | None) -> list[Path]:
-    """The training run's --dataset, when that file is here (a path is relative to where the training ran)."""
+    """The training run's --dataset files (the param joins several with os.pathsep) that are here (a path is
+    relative to where the training ran)."""
     from mlflow import MlflowClient
 
     if not run_id:
         return []
-    dataset = MlflowClient(tracking_uri).get_run(run_id).data.params.get("dataset")
-    return [Path(dataset)] if dataset and Path(dataset).is_file() else []
+    dataset = MlflowClient(tracking_uri).get_run(run_id).data.params.get("dataset") or ""
+    return [Path(part) for part in dataset.split(os.pathsep) if part and Path(part).is_file()]
 
 
 def contaminated_tasks(tasks: list, training_files: list[Path]) -> dict[str, str] | None:

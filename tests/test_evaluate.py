@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -451,6 +452,22 @@ def test_training_on_the_benchmark_is_reported_as_contamination(tmp_path, store)
     client = MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("contaminated").experiment_id])
     assert run.data.metrics["contamination_fraction"] == 0.5
+
+
+def test_every_training_file_of_the_run_is_searched_for_contamination(tmp_path, store):
+    """A run trained on two files (its dataset param joins them with os.pathsep): prompts in either count."""
+    problems = list(read_problems().values())[:4]
+    first = write(tmp_path / "a.json", json.dumps([{"input": problems[0]["prompt"], "output": "x"}]))
+    second = write(tmp_path / "b.json", json.dumps([{"input": problems[2]["prompt"], "output": "x"}]))
+    client = MlflowClient(store)
+    run_id = client.create_run(client.create_experiment("two-files")).info.run_id
+    client.log_param(run_id, "dataset", f"{first}{os.pathsep}{second}")
+    result = evaluate_here(
+        "--completions", humaneval_completions(tmp_path / "c.jsonl", 4), "--benchmark", "humaneval",
+        "--run-id", run_id, "--tracking-uri", store, "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    assert client.get_run(run_id).data.metrics["contamination_fraction"] == 0.5
 
 
 def test_completions_are_scored_without_a_model_into_an_evaluation_run(tmp_path, store):
