@@ -17,6 +17,15 @@ BENCHMARKS = ("humaneval", "livecodebench", "exact-match", "paraphrase")
 CODE_BENCHMARKS = ("humaneval", "livecodebench")
 
 
+def training_files(values: tuple[str, ...]) -> list[Path]:
+    """Each value one file or several joined with os.pathsep; every one must be a file."""
+    files = [Path(part) for value in values for part in value.split(os.pathsep) if part]
+    for file in files:
+        if not file.is_file():
+            raise click.BadParameter(f"{file}: no such file", param_hint="'--training-data'")
+    return files
+
+
 def parse_ks(ctx, param, value: str) -> list[int]:
     try:
         ks = sorted({int(k) for k in value.split(",")})
@@ -52,9 +61,9 @@ def parse_ks(ctx, param, value: str) -> list[int]:
 @click.option(
     "--training-data",
     multiple=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Training records to look for the benchmark's prompts in (contamination; repeatable). "
-    "Default: the --dataset of the training run, when that file is here.",
+    callback=lambda ctx, param, values: training_files(values),
+    help=f"Training records to look for the benchmark's prompts in (contamination; repeatable, or files joined "
+    f"with '{os.pathsep}' as --dataset takes them). Default: the --dataset files of the training run that are here.",
 )
 # generation
 @click.option("--n-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Completions per task.")
@@ -118,7 +127,7 @@ def main(**flags) -> None:
     run_id = flags["run_id"] or (evaluation.training_run_of(output.path) if output else None)
     if run_id:
         evaluation.check_run(flags["tracking_uri"], run_id)
-    training_data = list(flags["training_data"]) or evaluation.training_data_of(flags["tracking_uri"], run_id)
+    training_data = flags["training_data"] or evaluation.training_data_of(flags["tracking_uri"], run_id)
     contaminated = evaluation.contaminated_tasks(tasks[: flags["limit"]], training_data)
     if flags["completions"]:
         completions = evaluation.read_completions(flags["completions"], {t.task_id for t in tasks})

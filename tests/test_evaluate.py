@@ -470,6 +470,24 @@ def test_every_training_file_of_the_run_is_searched_for_contamination(tmp_path, 
     assert client.get_run(run_id).data.metrics["contamination_fraction"] == 0.5
 
 
+def test_training_data_takes_files_joined_as_dataset_takes_them(tmp_path, store):
+    problems = list(read_problems().values())[:4]
+    first = write(tmp_path / "a.json", json.dumps([{"input": problems[1]["prompt"], "output": "x"}]))
+    second = write(tmp_path / "b.json", json.dumps([{"input": problems[3]["prompt"], "output": "x"}]))
+    completions = humaneval_completions(tmp_path / "c.jsonl", 4)
+    result = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--training-data", f"{first}{os.pathsep}{second}",
+        "--tracking-uri", store, "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["contamination_fraction"] == 0.5
+    missing = evaluate_here(
+        "--completions", completions, "--benchmark", "humaneval", "--training-data",
+        f"{first}{os.pathsep}{tmp_path / 'missing.json'}", "--output-dir", tmp_path / "out2",
+    )  # fmt: skip
+    assert missing.exit_code == 2 and f"{tmp_path / 'missing.json'}: no such file" in missing.output
+
+
 def test_completions_are_scored_without_a_model_into_an_evaluation_run(tmp_path, store):
     completions = humaneval_completions(tmp_path / "completions.jsonl", 4)
     result = evaluate_here(
