@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from shared.cli import Command
 from shared.redaction import redact_uri
 
 MISSING = "missing"
@@ -57,8 +58,10 @@ def history(client, run_id: str, key: str) -> list[float]:
 
 
 def run_row(client, run, metric: str) -> dict:
-    """One table row; a value the run never logged is None."""
-    metrics, params = run.data.metrics, run.data.params
+    """One table row; a value the run never logged is None, and so is NaN: a run scored again logs NaN for what its
+    latest evaluation did not measure."""
+    params = run.data.params
+    metrics = {key: value for key, value in run.data.metrics.items() if not math.isnan(value)}
     memory = history(client, run.info.run_id, "peak_memory_mb")
     speeds = history(client, run.info.run_id, "tokens_per_second")
     percent = params.get("trainable_percent")
@@ -185,7 +188,7 @@ def find_experiment(client, name: str):
     return experiment
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--experiment-name", required=True, help="MLflow experiment whose training runs to compare.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI. Default: MLflow's own.")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))

@@ -12,6 +12,7 @@ import types
 
 import click
 
+from shared.cli import Command
 from shared.energy import DEFAULT_INTERVAL, EnergyMeter
 
 
@@ -76,7 +77,7 @@ def tick_cost_us(ticks: int) -> float:
     return cost
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--steps", default=4000, show_default=True, help="Emulated training steps per timing.")
 @click.option("--size", default=256, show_default=True, help="Matrix side of each step's matmul.")
 @click.option("--repeats", default=3, show_default=True, help="Timings per configuration; the median is kept.")

@@ -11,19 +11,12 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from shared.cli import Command
+from shared.logs import setup_logging
 from shared.sandbox import Isolation, detect_isolation, namespace_problem
 
 BENCHMARKS = ("humaneval", "livecodebench", "exact-match", "paraphrase")
 CODE_BENCHMARKS = ("humaneval", "livecodebench")
-
-
-def training_files(values: tuple[str, ...]) -> list[Path]:
-    """Each value one file or several joined with os.pathsep; every one must be a file."""
-    files = [Path(part) for value in values for part in value.split(os.pathsep) if part]
-    for file in files:
-        if not file.is_file():
-            raise click.BadParameter(f"{file}: no such file", param_hint="'--training-data'")
-    return files
 
 
 def parse_ks(ctx, param, value: str) -> list[int]:
@@ -36,7 +29,7 @@ def parse_ks(ctx, param, value: str) -> list[int]:
     return ks
 
 
-@click.command()
+@click.command(cls=Command)
 # what to score
 @click.option("--model", type=click.Path(path_type=Path), help="Training output or model folder to generate with.")
 @click.option(
@@ -61,7 +54,7 @@ def parse_ks(ctx, param, value: str) -> list[int]:
 @click.option(
     "--training-data",
     multiple=True,
-    callback=lambda ctx, param, values: training_files(values),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help=f"Training records to look for the benchmark's prompts in (contamination; repeatable, or files joined "
     f"with '{os.pathsep}' as --dataset takes them). Default: the --dataset files of the training run that are here.",
 )
@@ -116,7 +109,7 @@ def main(**flags) -> None:
     from shared import evaluation, generation
     from shared.sandbox import Limits
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the sandbox starts processes after tokenizing
     check_flags(flags)
     check_unused_flags(click.get_current_context(), flags)
@@ -127,7 +120,7 @@ def main(**flags) -> None:
     run_id = flags["run_id"] or (evaluation.training_run_of(output.path) if output else None)
     if run_id:
         evaluation.check_run(flags["tracking_uri"], run_id)
-    training_data = flags["training_data"] or evaluation.training_data_of(flags["tracking_uri"], run_id)
+    training_data = list(flags["training_data"]) or evaluation.training_data_of(flags["tracking_uri"], run_id)
     contaminated = evaluation.contaminated_tasks(tasks[: flags["limit"]], training_data)
     if flags["completions"]:
         completions = evaluation.read_completions(flags["completions"], {t.task_id for t in tasks})

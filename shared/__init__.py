@@ -3,3 +3,5 @@
 Modules import their heavy dependencies (torch, transformers, mlflow) lazily where they can, so a
 script's `--help` answers at once.
 """
+
+from . import logs  # noqa: F401  (its filters drop known library notices before any module imports a library)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import click
 
+from .cli import Command
+from .logs import setup_logging
+
 log = logging.getLogger(__name__)
 
 MERGED_FROM_FILE = "merged_from.json"  # not mlflow_run.json: a merged folder is no training output to resume
@@ -62,7 +65,7 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     log.info("Loading base model %s in %s", base_model, dtype)
     model = AutoModelForCausalLM.from_pretrained(
         base_model, cache_dir=cache_dir, dtype=getattr(torch, dtype), use_safetensors=True
@@ -81,7 +84,7 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache
     log.info("Wrote the merged model to %s", output_dir)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--base-model", required=True, help="The base model the adapter was trained on (hub id or folder).")
 @click.option(
     "--lora-ckpt",

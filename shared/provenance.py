@@ -8,8 +8,10 @@ keeps its first values, and the difference is logged as a warning.
 import hashlib
 import importlib.metadata
 import logging
+import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -82,13 +84,16 @@ def model_revision(base_model: str, config) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def log_datasets(datasets: dict[str, tuple[Path | None, list[dict]]]) -> None:
-    """Each {context: (file, records)} as an MLflow dataset input of the active run (name, source, digest)."""
+def log_datasets(datasets: dict[str, tuple[Path | Sequence[Path] | None, list[dict]]]) -> None:
+    """Each {context: (file or files, records)} as an MLflow dataset input of the active run (name, source, digest);
+    several files are one input, their paths joined with os.pathsep."""
     import mlflow
     import pandas
 
-    for context, (path, records) in datasets.items():
+    for context, (paths, records) in datasets.items():
         frame = pandas.DataFrame(records, columns=["input", "output"])
-        source = str(Path(path).resolve()) if path else f"held out of the training file ({context})"
-        name = Path(path).name if path else f"{context}-split"
+        files = [paths] if isinstance(paths, str | Path) else list(paths or ())
+        resolved = os.pathsep.join(str(Path(path).resolve()) for path in files)
+        source = resolved or f"held out of the training file ({context})"
+        name = "+".join(Path(path).name for path in files) or f"{context}-split"
         mlflow.log_input(mlflow.data.from_pandas(frame, source=source, name=name), context=context)

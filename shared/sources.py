@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import click
@@ -88,10 +88,19 @@ def write_records(records: Iterable[dict[str, str]], output: Path) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(list(records), stream, indent=1, ensure_ascii=False)
             stream.write("\n")
+        # mkstemp makes the file private (0600); the records get the permissions any new file gets, so that a
+        # container's user, or a colleague, can read them.
+        os.chmod(temp, 0o666 & ~current_umask())
         os.replace(temp, output)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def hold_out(sizes: list[int], fraction: float, seed: int) -> list[set[int]]:
@@ -122,8 +131,19 @@ def write_sidecar(records_file: Path, preparation: dict) -> Path:
     return path
 
 
-def preparation_params(records_file: Path) -> dict[str, str]:
-    """How `records_file` was prepared, as `prepared_*` run params; none when it has no sidecar or changed since."""
+def preparation_params(records_files: Path | Sequence[Path]) -> dict[str, str]:
+    """How the records files were prepared, as `prepared_*` run params; several files give each key their values
+    in file order, separated by '; ' ('-' for a file without it); none for a file without a sidecar or changed
+    since."""
+    files = [records_files] if isinstance(records_files, str | Path) else list(records_files)
+    described = [_preparation_params(Path(path)) for path in files]
+    if len(described) == 1:
+        return described[0]
+    keys = dict.fromkeys(key for params in described for key in params)
+    return {key: "; ".join(params.get(key, "-") for params in described) for key in keys}
+
+
+def _preparation_params(records_file: Path) -> dict[str, str]:
     path = sidecar_path(records_file)
     if not path.is_file():
         return {}

@@ -4,9 +4,6 @@ Order matters: every check that can fail on bad input (flags, output directory, 
 run starts and before the model loads, so a mistake costs seconds and leaves nothing behind.
 """
 
-# First: its filters must be in place before `transformers.Trainer` imports bitsandbytes, which logs on import.
-from shared.logs import setup_logging  # isort: skip
-
 import json
 import logging
 import os
@@ -25,9 +22,11 @@ from shared.data import batch_collator, file_sha256, read_records, split_off_dev
 from shared.dev_metrics import dev_metrics, reduce_logits
 from shared.energy import EnergyMeter, EnergyReport, sum_reports
 from shared.failures import is_out_of_memory, out_of_memory
+from shared.logs import setup_logging
 from shared.modeling import check_attention, check_weights_format, count_parameters, load_tokenizer
 from shared.preemption import PreemptionCallback
 from shared.provenance import environment_record, log_datasets, model_revision
+from shared.sources import preparation_params
 from shared.stopping import DivergenceGuard, RelativeEarlyStopping
 from shared.tracking import (
     RUN_FILE,
@@ -279,7 +278,11 @@ def check_precision(flags: dict) -> None:
 def load_records(flags: dict) -> tuple[list, list, dict]:
     """Training and dev records (validated), and the params that identify the data in MLflow."""
     train = read_records(flags["dataset"])
-    params = {"dataset_rows": len(train), "dataset_sha256": file_sha256(flags["dataset"])}
+    params = {
+        "dataset_rows": len(train),
+        "dataset_sha256": file_sha256(flags["dataset"]),
+        **preparation_params(flags["dataset"]),
+    }
     if flags["dev_dataset"]:
         dev = read_records(flags["dev_dataset"])
         params.update(dev_dataset_rows=len(dev), dev_dataset_sha256=file_sha256(flags["dev_dataset"]))

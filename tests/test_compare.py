@@ -232,3 +232,11 @@ def test_the_table_shows_every_number_alike(store, tmp_path):
         compare_module["collect_rows"](client, experiment_id, "best_eval_loss"), "best_eval_loss"
     )
     assert table.splitlines()[2].split()[2:] == ["0.01235", "95.12", "1,500", "missing", "12,346", "0.04567"]
+
+
+def test_a_metric_a_rescored_run_no_longer_measures_is_missing_not_nan(store, tmp_path):
+    client, experiment_id = new_experiment(store, "rescored", tmp_path)
+    log_run(client, experiment_id, "lora", {"best_eval_loss": 0.5, "pass_at_10": float("nan")}, 0.4)
+    rows = compare_module["collect_rows"](client, experiment_id, "pass_at_10")
+    assert rows[0]["pass_at_10"] is None and rows[0]["best_eval_loss"] == 0.5
+    assert compare_module["format_table"](rows, "pass_at_10").splitlines()[2].split()[-1] == "missing"

@@ -16,9 +16,10 @@ import torch
 import yaml
 
 from conftest import REPO, only_run, run_script, spelled_digits
+from shared import sources
 
 ENTRY_POINTS = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
-TOOLS = {"prepare_data", "prepare_balanced_data", "merge", "evaluate", "compare", "study"}
+TOOLS = {"prepare_data", "prepare_balanced_data", "merge", "evaluate", "compare", "study", "show_answers"}
 METHODS = {p.parent.name for p in REPO.glob("methods/*/train.py")}
 
 
@@ -99,7 +100,7 @@ def sample_values(option: click.Parameter, folder: Path) -> list[str]:
         return [str(path)]
     if isinstance(option.type, click.Choice):
         return [str(choice) for choice in option.type.choices]
-    if option.is_flag:
+    if isinstance(option, click.Option) and option.is_flag:
         return ["false", "true"]
     return ["3", "2", "0.5", "64", "x1", "1", "zero2"]
 
@@ -246,6 +247,7 @@ def test_several_training_files_through_mlflow_run_as_on_the_command_line(tmp_pa
     first, second = tmp_path / "a.json", tmp_path / "b.jsonl"
     first.write_text(json.dumps(records[:80]))
     second.write_text("\n".join(json.dumps(r) for r in records[80:]))
+    sources.write_sidecar(first, {"format": "io", "sources": ["digits.jsonl"]})  # as prepare_data.py leaves it
     short = {**FAST_PARAMS, "max_steps": 2}
     params = {"base_model": tiny_qwen2, "dataset": f"{first}{os.pathsep}{second}", "output_dir": tmp_path / "mlflow"}
     result = mlflow_run(tmp_path, "lora", {**params, **short}, "--experiment-name", "tests")
@@ -266,4 +268,8 @@ def test_several_training_files_through_mlflow_run_as_on_the_command_line(tmp_pa
     keys = ("dataset_sha256", "train_rows", "dev_rows", "data_order_sha256")
     assert {k: run.data.params[k] for k in keys} == {k: other.data.params[k] for k in keys}
     assert run.data.params["dataset_sha256"].count(",") == 1, "one digest per file"
+    assert run.data.params["prepared_format"] == "io; -", "how each file was prepared, '-' for none"
+    training_inputs = [i.dataset for i in run.inputs.dataset_inputs if i.tags[0].value == "training"]
+    assert [d.name for d in training_inputs] == ["a.json+b.jsonl"]
+    assert json.loads(training_inputs[0].source)["uri"] == f"{first}{os.pathsep}{second}"
     assert "stays" not in result.stderr

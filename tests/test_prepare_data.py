@@ -27,6 +27,14 @@ def test_io_maps_the_named_fields(tmp_path):
     assert len(records) == 3
 
 
+def test_written_records_are_readable_by_others_as_any_new_file(tmp_path):
+    """mkstemp's private 0600 would keep a container's user (another UID) from reading prepared data."""
+    prepare(tmp_path, "--dataset-id", DATA / "alpaca.json", "--format", "alpaca")
+    (tmp_path / "plain.json").write_text("[]")
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777
+    assert (tmp_path / "out.json").stat().st_mode & 0o044 == 0o044
+
+
 def test_alpaca_appends_the_input_only_when_there_is_one(tmp_path):
     records = prepare(tmp_path, "--dataset-id", DATA / "alpaca.json", "--format", "alpaca")
     assert records[0]["input"] == "Give three tips for staying healthy."
