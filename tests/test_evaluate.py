@@ -477,7 +477,7 @@ def test_training_data_takes_files_joined_as_dataset_takes_them(tmp_path, store)
     completions = humaneval_completions(tmp_path / "c.jsonl", 4)
     result = evaluate_here(
         "--completions", completions, "--benchmark", "humaneval", "--training-data", f"{first}{os.pathsep}{second}",
-        "--tracking-uri", store, "--output-dir", tmp_path / "out",
+        "--tracking-uri", store, "--experiment-name", "joined-training-files", "--output-dir", tmp_path / "out",
     )  # fmt: skip
     assert result.exit_code == 0, result.output[-3000:]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["contamination_fraction"] == 0.5
