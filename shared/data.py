@@ -30,16 +30,24 @@ class DataError(click.ClickException):
     """A data file that cannot be used; the message names the file, the record and the field."""
 
 
+def data_files(paths: Path | Sequence[Path] | None) -> list[Path]:
+    """The files a data flag holds: `--dataset` gives one Path, or a tuple when repeated; none gives []."""
+    if isinstance(paths, str | Path):
+        return [Path(paths)]
+    return [Path(path) for path in paths or ()]
+
+
 def read_records(paths: Path | Sequence[Path]) -> list[dict[str, str]]:
     """Read a JSON list or JSONL file of {input, output} records, or several files' records one file after the
     other (each file's count logged), refusing anything else with an error naming the file, record and field."""
-    if isinstance(paths, str | Path):
-        return _read_file(Path(paths))
+    files = data_files(paths)
+    if len(files) == 1:
+        return _read_file(files[0])
     records = []
-    for index, path in enumerate(paths):
-        if path in paths[:index]:
+    for index, path in enumerate(files):
+        if path in files[:index]:
             log.warning("%s is given twice as training data: its records count twice", path)
-        file_records = _read_file(Path(path))
+        file_records = _read_file(path)
         log.info("%s: %d records", path, len(file_records))
         records += file_records
     return records
@@ -112,9 +120,7 @@ def check_string_fields(where: str, record: dict, fields: tuple[str, ...]) -> No
 def file_sha256(paths: Path | Sequence[Path]) -> str:
     """Content hash of a data file (of several: theirs, comma-separated), logged so runs on the same data can be
     matched."""
-    if isinstance(paths, str | Path):
-        return hashlib.sha256(Path(paths).read_bytes()).hexdigest()
-    return ",".join(file_sha256(path) for path in paths)
+    return ",".join(hashlib.sha256(path.read_bytes()).hexdigest() for path in data_files(paths))
 
 
 def data_order_sha256(loader) -> str | None:

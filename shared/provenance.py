@@ -14,6 +14,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from shared.data import data_files
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,8 +94,8 @@ def log_datasets(datasets: dict[str, tuple[Path | Sequence[Path] | None, list[di
 
     for context, (paths, records) in datasets.items():
         frame = pandas.DataFrame(records, columns=["input", "output"])
-        files = [paths] if isinstance(paths, str | Path) else list(paths or ())
-        resolved = os.pathsep.join(str(Path(path).resolve()) for path in files)
+        files = data_files(paths)
+        resolved = os.pathsep.join(str(path.resolve()) for path in files)
         source = resolved or f"held out of the training file ({context})"
-        name = "+".join(Path(path).name for path in files) or f"{context}-split"
+        name = "+".join(path.name for path in files) or f"{context}-split"
         mlflow.log_input(mlflow.data.from_pandas(frame, source=source, name=name), context=context)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from shared.data import DataError, file_sha256, read_json_rows
+from shared.data import DataError, data_files, file_sha256, read_json_rows
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,7 @@ def preparation_params(records_files: Path | Sequence[Path]) -> dict[str, str]:
     """How the records files were prepared, as `prepared_*` run params; several files give each key their values
     in file order, separated by '; ' ('-' for a file without it); none for a file without a sidecar or changed
     since."""
-    files = [records_files] if isinstance(records_files, str | Path) else list(records_files)
-    described = [_preparation_params(Path(path)) for path in files]
+    described = [_preparation_params(path) for path in data_files(records_files)]
     if len(described) == 1:
         return described[0]
     keys = dict.fromkeys(key for params in described for key in params)
