@@ -216,12 +216,16 @@ def start_training(cwd, model, dataset, out, steps: int, env=None) -> subprocess
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_for_file(path, jobs, timeout: float = 240) -> None:
+def wait_for_file(folder, pattern, jobs, timeout: float = 240) -> None:
+    """Wait until a file matching `pattern` is in `folder`, failing with the jobs' logs when one ends or time is up."""
     deadline = time.monotonic() + timeout
-    while not path.is_file():
-        ended = [job.args[job.args.index("--output-dir") + 1] for job in jobs if job.poll() is not None]
+    outputs = [job.args[job.args.index("--output-dir") + 1] for job in jobs]
+    while not any(folder.glob(pattern)):
+        ended = [out for out, job in zip(outputs, jobs, strict=True) if job.poll() is not None]
         assert not ended, f"the training into {ended} ended early: see its .log beside it"
-        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"{out}.log:\n" + Path(f"{out}.log").read_text()[-1500:] for out in outputs)
+            raise AssertionError(f"no {folder}/{pattern} after {timeout} s; the jobs' logs end:\n{tails}")
         time.sleep(0.1)
 
 
@@ -236,10 +240,10 @@ def test_a_killed_training_is_reaped_a_live_one_is_not_and_the_reaped_one_resume
     alive = start_training(tmp_path, tiny_qwen2, synthetic_dataset, alive_out, FOREVER,
                            env={"PEFT_WORKBENCH_HEARTBEAT_SECONDS": "0.5"})  # fmt: skip
     try:
-        wait_for_file(killed_out / "checkpoint-10" / "trainer_state.json", [killed, alive])
+        wait_for_file(killed_out, "checkpoint-*/trainer_state.json", [killed, alive])
         killed.send_signal(signal.SIGKILL)
         killed.wait()
-        wait_for_file(alive_out / "checkpoint-5" / "trainer_state.json", [alive])
+        wait_for_file(alive_out, "mlflow_run.json", [alive])
         client = MlflowClient(store)
         killed_id = json.loads((killed_out / "mlflow_run.json").read_text())["run_id"]
         alive_id = json.loads((alive_out / "mlflow_run.json").read_text())["run_id"]
