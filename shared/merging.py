@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
-from .cli import Command
-from .logs import setup_logging
+from shared.cli import Command
+from shared.logs import setup_logging
+from shared.outputs import RUN_FILE
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,6 @@ MERGED_FROM_FILE = "merged_from.json"  # not mlflow_run.json: a merged folder is
 
 def provenance(base_model: str, adapter_dir: Path) -> dict[str, str | None]:
     """The base, the adapter folder, and the training run recorded in the adapter folder (None without one)."""
-    from shared.tracking import RUN_FILE
-
     run_file = adapter_dir / RUN_FILE
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
     if not run:

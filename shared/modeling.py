@@ -1,10 +1,7 @@
 """Loading the base model and tokenizer, and counting what a method trains."""
 
-import importlib.util
 import logging
-from pathlib import Path
 
-import click
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
@@ -18,29 +15,6 @@ def weights_dtype(flags: dict) -> torch.dtype:
     if flags["fp16"]:
         return torch.float16
     return torch.float32
-
-
-def check_weights_format(flags: dict) -> None:
-    """Refuse, before any run starts, a local base model whose weights are pickles unless the user allows them."""
-    folder = Path(flags["base_model"])
-    if flags["allow_pickle_weights"] or not folder.is_dir() or any(folder.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in [*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")])
-    if pickles:
-        raise click.UsageError(
-            f"--base-model {folder} holds pickle weights only ({', '.join(pickles)}), which can run code when "
-            "loaded: convert them to safetensors, or pass --allow-pickle-weights if you trust their source"
-        )
-
-
-def check_attention(flags: dict) -> None:
-    """Refuse, before any run starts, an attention kernel this machine cannot run."""
-    if flags["attention"] != "flash_attention_2":
-        return
-    if not torch.cuda.is_available():
-        raise click.UsageError("--attention flash_attention_2 needs a CUDA GPU; on a CPU use sdpa or eager")
-    if importlib.util.find_spec("flash_attn") is None:
-        raise click.UsageError("--attention flash_attention_2 needs the flash-attn package: pip install flash-attn")
 
 
 def load_tokenizer(flags: dict):

@@ -26,14 +26,13 @@ from transformers import TrainerCallback
 from shared.data import data_order_sha256
 from shared.options import DEFAULT_EXPERIMENT
 from shared.outbox import OUTBOX_FILE, MlflowOutbox
+from shared.outputs import RUN_FILE
 from shared.preemption import Preempted
 from shared.reaping import heartbeat, process_tags
 from shared.redaction import redact_uri, scrub
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "mlflow_run.json"
-SERVER_CHECK_TIMEOUT_S = 5
 ROOT_ARTIFACTS = ("energy.json", "trainer_state.json")
 
 
@@ -67,25 +66,6 @@ def read_run_id(output_dir: Path) -> str:
     if not path.is_file():
         raise click.ClickException(f"{output_dir} holds no {RUN_FILE}: it was not written by a training run")
     return json.loads(path.read_text())["run_id"]
-
-
-def check_tracking_server(tracking_uri: str | None) -> None:
-    """Fail in seconds, before any model loads, when the tracking server is not answering."""
-    import urllib.error
-    import urllib.request
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S):
-            return
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-    raise click.ClickException(
-        f"the MLflow tracking server at {redact_uri(uri)} does not answer ({reason}): start it, or point "
-        "--tracking-uri / MLFLOW_TRACKING_URI at one that runs"
-    )
 
 
 @contextmanager

@@ -1,14 +1,8 @@
-"""The training job every method runs: only the model it trains differs.
-
-Order matters: every check that can fail on bad input (flags, output directory, data) runs before the MLflow
-run starts and before the model loads, so a mistake costs seconds and leaves nothing behind.
-"""
+"""The training every method runs, once shared.job has checked its inputs: only the model it trains differs."""
 
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,20 +12,18 @@ import torch
 from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from shared.data import batch_collator, file_sha256, read_records, split_off_dev, tokenize_records
+from shared.data import batch_collator, tokenize_records
 from shared.dev_metrics import dev_metrics, reduce_logits
 from shared.energy import EnergyMeter, EnergyReport, sum_reports
 from shared.failures import is_out_of_memory, out_of_memory
-from shared.logs import setup_logging
-from shared.modeling import check_attention, check_weights_format, count_parameters, load_tokenizer
+from shared.job import CheckedInputs
+from shared.modeling import count_parameters, load_tokenizer
+from shared.outputs import COMPLETION_MARKER, schedule
 from shared.preemption import PreemptionCallback
 from shared.provenance import environment_record, log_datasets, model_revision
-from shared.sources import preparation_params
 from shared.stopping import DivergenceGuard, RelativeEarlyStopping
 from shared.tracking import (
-    RUN_FILE,
     MlflowMetricsCallback,
-    check_tracking_server,
     is_main_process,
     log_params_once,
     log_training_outputs,
@@ -40,37 +32,25 @@ from shared.tracking import (
 
 log = logging.getLogger(__name__)
 
-COMPLETION_MARKER = "training_complete.json"
-DEFAULT_MIN_FREE_GB = 1.0
 
-
-def run_training(
+def train(
     method: str,
     flags: dict,
     build_model: Callable[[dict], PreTrainedModel],
+    checked: CheckedInputs,
     *,
     extra_files: dict[str, dict] | None = None,
     **trainer_settings: Any,
 ) -> None:
-    """Check inputs, track the run, build the model with `build_model(flags)`, train with early stopping, save.
-
-    `extra_files` are JSON files the method writes beside its saved model (name -> content).
-    `trainer_settings` go to TrainingArguments on top of the shared ones (e.g. a DeepSpeed config).
-    """
-    setup_logging()
+    """Track the run, build the model with `build_model(flags)`, train with early stopping, save (see
+    shared.job.run_training, which checks the inputs first)."""
     output_dir: Path = flags["output_dir"]
-    checkpoint = check_output_dir(output_dir, flags["resume"], schedule(flags))
-    check_precision(flags)
-    check_schedule(flags)
-    check_weights_format(flags)
-    check_attention(flags)
-    if is_main_process():
-        check_tracking_server(flags["tracking_uri"])
+    checkpoint = checked.checkpoint
     # Built before the model: under a launcher this joins the process group, and with ZeRO-3 it makes
     # from_pretrained load each rank's shard only. The step-0 evaluation runs inside train() (eval_on_start):
     # a DeepSpeed engine prepared by an evaluate() before train() has no optimizer and cannot train.
     args = training_arguments(flags, eval_on_start=checkpoint is None, **cpu_settings(trainer_settings))
-    train_records, dev_records, data_params = load_records(flags)
+    train_records, dev_records, data_params = checked.train_records, checked.dev_records, dict(checked.data_params)
     tokenizer = load_tokenizer(flags)
     train_data = tokenize_records(train_records, tokenizer, flags["max_length"], "training data")
     dev_data = tokenize_records(dev_records, tokenizer, flags["max_length"], "dev data")
@@ -177,140 +157,6 @@ def cpu_settings(trainer_settings: dict) -> dict:
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     PartialState(backend="gloo")
     return {"accelerator_config": {"use_configured_state": True}, **trainer_settings}
-
-
-def schedule(flags: dict) -> dict:
-    """How long a training was asked to run: a finished one resumed with a longer schedule goes on."""
-    return {"epochs": flags["epochs"], "max_steps": flags["max_steps"]}
-
-
-def check_output_dir(output_dir: Path, resume: bool, requested: dict) -> str | None:
-    """Refuse to overwrite a result; with --resume, return the checkpoint to continue from (None: from step 0).
-
-    A finished output resumed with the schedule it finished (a requeued job) has nothing to do; resumed with
-    another one (more steps or epochs), its training continues from the last checkpoint.
-    """
-    check_writable(output_dir)
-    marker = output_dir / COMPLETION_MARKER
-    if marker.is_file():
-        if not resume:
-            raise click.UsageError(
-                f"{output_dir} holds a finished training ({COMPLETION_MARKER}): choose another --output-dir"
-            )
-        finished = json.loads(marker.read_text()).get("schedule")
-        if finished == requested:
-            raise AlreadyComplete(output_dir)
-        log.info("%s finished under %s: continuing it under %s", output_dir, finished, requested)
-    if resume:
-        checkpoint = last_complete_checkpoint(output_dir) if output_dir.is_dir() else None
-        if checkpoint is None and not (output_dir / RUN_FILE).is_file():
-            raise click.UsageError(f"--resume: {output_dir} holds no checkpoint-* folder to continue from")
-        if checkpoint is None:
-            log.info("%s holds no checkpoint yet: training again from step 0 in the same MLflow run", output_dir)
-        return checkpoint
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise click.UsageError(
-            f"{output_dir} is not empty: pass --resume to continue its training, or choose another --output-dir"
-        )
-    return None
-
-
-def check_writable(output_dir: Path) -> None:
-    """Refuse an output location that cannot be written or has too little free space, before any work."""
-    existing = next(p for p in (output_dir, *output_dir.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise click.UsageError(f"--output-dir {output_dir}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as err:
-        raise click.UsageError(f"--output-dir {output_dir}: cannot write in {existing} ({err.strerror})") from None
-    free_gb = shutil.disk_usage(existing).free / 2**30
-    needed_gb = float(os.environ.get("PEFT_WORKBENCH_MIN_FREE_GB", DEFAULT_MIN_FREE_GB))
-    if free_gb < needed_gb:
-        raise click.UsageError(
-            f"--output-dir {output_dir}: only {free_gb:.1f} GiB free in {existing}, {needed_gb:g} GiB needed for "
-            "checkpoints (set PEFT_WORKBENCH_MIN_FREE_GB to change the floor)"
-        )
-
-
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest checkpoint the Trainer finished writing; one cut short by a kill is set aside, never resumed."""
-    for checkpoint in sorted(output_dir.glob("checkpoint-*"), key=_step, reverse=True):
-        if _step(checkpoint) < 0:
-            continue
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())  # written last, after weights and optimizer
-            return str(checkpoint)
-        except (OSError, ValueError):
-            aside = checkpoint.with_name(f"incomplete-{checkpoint.name}")
-            log.warning("%s was cut short while saving: moved to %s, resuming from an earlier one", checkpoint, aside)
-            shutil.rmtree(aside, ignore_errors=True)
-            checkpoint.rename(aside)
-    return None
-
-
-def _step(checkpoint: Path) -> int:
-    suffix = checkpoint.name.removeprefix("checkpoint-")
-    return int(suffix) if suffix.isdigit() else -1
-
-
-class AlreadyComplete(click.exceptions.Exit):
-    """A finished output directory: a rerun (a requeued job, say) has nothing to do and exits successfully."""
-
-    def __init__(self, output_dir: Path) -> None:
-        click.echo(f"{output_dir} holds a finished training ({COMPLETION_MARKER}): nothing to do", err=True)
-        super().__init__(0)
-
-
-def check_schedule(flags: dict) -> None:
-    if flags["warmup_steps"] and flags["warmup_ratio"]:
-        raise click.UsageError("pass --warmup-steps or --warmup-ratio, not both")
-
-
-def check_precision(flags: dict) -> None:
-    if flags["bf16"] and flags["fp16"]:
-        raise click.UsageError("--bf16 and --fp16 exclude each other: pick one")
-    if flags["fp16"] and not torch.cuda.is_available():
-        raise click.UsageError("--fp16 needs a CUDA GPU; on CPU use --bf16 or neither")
-
-
-def load_records(flags: dict) -> tuple[list, list, dict]:
-    """Training and dev records (validated), and the params that identify the data in MLflow."""
-    train = read_records(flags["dataset"])
-    params = {
-        "dataset_rows": len(train),
-        "dataset_sha256": file_sha256(flags["dataset"]),
-        **preparation_params(flags["dataset"]),
-    }
-    if flags["dev_dataset"]:
-        dev = read_records(flags["dev_dataset"])
-        params.update(dev_dataset_rows=len(dev), dev_dataset_sha256=file_sha256(flags["dev_dataset"]))
-    else:
-        train, dev = split_off_dev(train, flags["dev_fraction"], flags["seed"])
-        log.info("Held out %d of %d training records as the dev set", len(dev), len(dev) + len(train))
-    params.update(train_rows=len(train), dev_rows=len(dev), **dev_overlap(train, dev))
-    return train, dev, params
-
-
-def dev_overlap(train: list[dict], dev: list[dict]) -> dict[str, int]:
-    """How many dev records are training records too (whole, or by their prompt), with a warning when any are:
-    a dev loss measured on training data flatters the checkpoints and learning rates it selects."""
-    records, prompts = {(r["input"], r["output"]) for r in train}, {r["input"] for r in train}
-    overlap = {
-        "dev_overlap_records": sum((r["input"], r["output"]) in records for r in dev),
-        "dev_overlap_prompts": sum(r["input"] in prompts for r in dev),
-    }
-    if overlap["dev_overlap_prompts"]:
-        log.warning(
-            "Leakage: %d of the %d dev records are training records too (%d share their prompt with one): the dev "
-            "loss that picks checkpoints and learning rates is measured partly on training data. Use a dev set "
-            "disjoint from the training records.",
-            overlap["dev_overlap_records"],
-            len(dev),
-            overlap["dev_overlap_prompts"],
-        )
-    return overlap
 
 
 def training_arguments(flags: dict, **overrides: Any) -> TrainingArguments:

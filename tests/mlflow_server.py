@@ -77,10 +77,11 @@ def running_server(root: Path, port: int | None = None) -> Iterator[str]:
     port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
     command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # hermetic: no outside store
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # as docker/compose.yaml: no job workers to start
     log = root / "server.log"
     with log.open("a") as handle:
         # Own session, so a hung server's workers can be killed together as one group.

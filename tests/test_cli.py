@@ -18,21 +18,54 @@ LISTED = ("MLproject", "README.md", "pyproject.toml")
 SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob("methods/*/*.py"), *REPO.glob("scripts/*.py")])
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help_imports_no_heavy_library(script):
+HEAVY = ("torch", "transformers", "mlflow", "peft")
+METHODS = sorted(p.parent.name for p in REPO.glob("methods/*/train.py"))
+
+
+def run_probed(script: str, *args: str, cwd: Path = REPO) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run a script's command in a fresh process; also return which heavy libraries it had imported by its end."""
     probe = (
         "import runpy, sys\n"
-        f"sys.argv = [{script!r}, '--help']\n"
+        f"sys.argv = [{script!r}, *{list(args)!r}]\n"
         "try:\n"
         f"    runpy.run_path({str(REPO / script)!r}, run_name='__main__')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print(sorted(m for m in ('torch', 'transformers', 'mlflow', 'peft') if m in sys.modules))\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd)
+    return result, eval(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_imports_no_heavy_library(script):
+    result, imported = run_probed(script, "--help")
     assert "Usage:" in result.stdout
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert imported == []
     assert not re.search(r"--[a-z0-9]+_", result.stdout), "the underscore spellings stay out of --help"
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (None, "--base-model {model} holds no config.json: it is not a model folder"),
+        ("{}", "{data}: record 1: field 'output' is missing"),
+    ],
+)
+def test_bad_input_is_refused_before_the_training_stack_is_imported(method, config, message, tmp_path):
+    """A mistake costs a fraction of a second: the checks run before torch, transformers and MLflow load."""
+    data, model = tmp_path / "train.json", tmp_path / "model"
+    data.write_text('[{"input": "a", "output": "b"}, {"input": "c"}]')
+    model.mkdir()
+    if config is not None:
+        (model / "config.json").write_text(config)
+    args = ["--base-model", str(model), "--dataset", str(data), "--output-dir", str(tmp_path / "out")]
+    result, imported = run_probed(f"methods/{method}/train.py", *args, cwd=tmp_path)
+    assert message.format(model=model, data=data) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert imported == []
+    assert not (tmp_path / "out").exists() and not (tmp_path / "mlruns").exists()
 
 
 def describe(command: click.Command) -> dict[str, tuple]:

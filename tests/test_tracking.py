@@ -11,9 +11,9 @@ from mlflow import MlflowClient
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from shared.energy import EnergyReport
+from shared.outputs import RUN_FILE
 from shared.redaction import redact_uri
 from shared.tracking import (
-    RUN_FILE,
     MlflowMetricsCallback,
     log_training_outputs,
     read_run_id,

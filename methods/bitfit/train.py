@@ -10,6 +10,7 @@ import re
 import click
 
 from shared.cli import Command
+from shared.job import run_training
 from shared.options import common_options
 
 
@@ -58,10 +59,7 @@ def biases_only(flags: dict):
 )
 def main(**flags) -> None:
     """Fine-tune only the biases of --base-model on --dataset; the best model lands in --output-dir."""
-    from shared.training import run_training  # heavy imports wait until a run starts, so --help is instant
-
-    require_something_trainable(flags)
-    run_training("bitfit", flags, biases_only)
+    run_training("bitfit", flags, biases_only, check_model=require_something_trainable)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from shared.cli import Command
+from shared.job import run_training
 from shared.options import common_options
 
 ZERO_CONFIGS = {name: Path(__file__).resolve().parent / f"{name}.json" for name in ("zero2", "zero3")}
@@ -86,8 +87,6 @@ def main(**flags) -> None:
         settings["deepspeed"] = zero_config(flags)
     elif flags["offload_optimizer"] is not None or flags["offload_params"] is not None:
         raise click.UsageError("--offload-optimizer and --offload-params need --deepspeed")
-    from shared.training import run_training  # heavy imports wait until a run starts, so --help is instant
-
     run_training("fft", flags, full_model, **settings)
 
 

@@ -7,6 +7,7 @@ and the adapter folds back into the base weights with `merge.py` for serving.
 import click
 
 from shared.cli import Command
+from shared.job import run_training
 from shared.options import common_options, lora_options
 
 
@@ -24,8 +25,6 @@ def attach_lora(flags: dict):
 @lora_options
 def main(**flags) -> None:
     """Fine-tune --base-model with LoRA on --dataset; the best adapter lands in --output-dir."""
-    from shared.training import run_training  # heavy imports wait until a run starts, so --help is instant
-
     run_training("lora", flags, attach_lora)
 
 

@@ -5,9 +5,12 @@ rewriting it, which suits formatting and style more than new skills. There is no
 the model from the base plus the adapter, guided by `prefix_metadata.json` (vLLM cannot serve prefixes).
 """
 
+from importlib.metadata import version
+
 import click
 
 from shared.cli import Command
+from shared.job import run_training
 from shared.options import common_options
 
 METADATA_FILE = "prefix_metadata.json"
@@ -30,8 +33,6 @@ def attach_prefix(flags: dict):
 
 def prefix_metadata(flags: dict) -> dict:
     """What an evaluator needs to rebuild and prompt the trained model."""
-    import peft
-
     return {
         "method": "prefix",
         "base_model": flags["base_model"],
@@ -39,7 +40,7 @@ def prefix_metadata(flags: dict) -> dict:
         "prefix_projection": flags["prefix_projection"],
         "prefix_hidden_size": flags["prefix_hidden_size"],
         "max_length": flags["max_length"],
-        "peft_version": peft.__version__,
+        "peft_version": version("peft"),
         "loader": "peft.AutoPeftModelForCausalLM.from_pretrained(OUTPUT_DIR), generation with the HF backend",
     }
 
@@ -69,8 +70,6 @@ def main(**flags) -> None:
     if flags["packing"]:
         click.echo("Prefix tuning pads its batches: with the prefix held as a KV cache, packed sequences would mix.")
         flags["packing"] = False
-    from shared.training import run_training  # heavy imports wait until a run starts, so --help is instant
-
     run_training("prefix", flags, attach_prefix, extra_files={METADATA_FILE: prefix_metadata(flags)})
 
 

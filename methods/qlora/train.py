@@ -8,6 +8,7 @@ adapter into full-precision weights, never into quantized ones.
 import click
 
 from shared.cli import Command
+from shared.job import run_training
 from shared.options import common_options, lora_options
 
 
@@ -65,8 +66,6 @@ def quantized_lora(flags: dict):
 )
 def main(**flags) -> None:
     """Fine-tune a quantized --base-model with LoRA on --dataset; the best adapter lands in --output-dir."""
-    from shared.training import run_training  # heavy imports wait until a run starts, so --help is instant
-
     run_training("qlora", flags, quantized_lora)
 
 

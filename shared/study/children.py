@@ -8,7 +8,8 @@ child needs is the same child, reused.
 from dataclasses import dataclass
 from pathlib import Path
 
-COMPLETION_MARKER = "training_complete.json"  # written by shared.training when a training ends well
+from shared.outputs import COMPLETION_MARKER
+
 OUTCOME_TAG = "study_outcome"  # "failed": a training that ended badly is a result, never retried
 EVAL_OUTCOME_TAG = "study_eval_outcome"
 

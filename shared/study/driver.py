@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 from tqdm import tqdm
 
+from shared.outputs import RUN_FILE
 from shared.reaping import DEFAULT_STALE_AFTER_SECONDS, reap_runs
 from shared.study.children import (
     EVAL_OUTCOME_TAG,
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 STUDY_TAG, DIR_TAG, ROLE_TAG = "study", "study_output_dir", "study_role"
 SETTLE_TIMEOUT_SECONDS, SETTLE_POLL_SECONDS = 300, 2.0
-RUN_FILE = "mlflow_run.json"
 Launch = Callable[[list[Job], str, Callable[[Job, int], None]], None]  # jobs, phase, called as each job ends
 
 

@@ -40,7 +40,7 @@ LOG_A_RUN = (
 @pytest.fixture(scope="module")
 def compose(tmp_path_factory):
     stack = Compose(tmp_path_factory.mktemp("compose") / "ci.env")
-    stack.configure(POSTGRES_PASSWORD=secrets.token_hex(12), MLFLOW_PORT=str(free_port()))
+    stack.configure(POSTGRES_PASSWORD=secrets.token_hex(12), MLFLOW_PORT=str(free_port()), MLFLOW_WORKERS="1")
     stack("down", "--volumes", check=False)
     yield stack
     stack("--profile", "train", "down", "--volumes", check=False)

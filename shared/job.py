@@ -1,0 +1,179 @@
+"""A training job as a method's command starts it: first every check that a user's input can fail, in about a
+second and before the MLflow run starts, then the training itself.
+
+Only a job that passed its checks imports the training stack (torch, transformers, PEFT, MLflow), which takes
+seconds; this module and what it imports stay light.
+"""
+
+import importlib.util
+import logging
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared.data import file_sha256, read_records, split_off_dev
+from shared.logs import process_rank, setup_logging
+from shared.outputs import check_output_dir, schedule
+from shared.redaction import redact_uri
+from shared.sources import preparation_params
+
+log = logging.getLogger(__name__)
+
+SERVER_CHECK_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class CheckedInputs:
+    checkpoint: str | None  # the checkpoint --resume continues from; None: training starts at step 0
+    train_records: list[dict]
+    dev_records: list[dict]
+    data_params: dict  # what identifies the data in MLflow
+
+
+def run_training(
+    method: str,
+    flags: dict,
+    build_model: Callable[[dict], Any],
+    *,
+    check_model: Callable[[dict], None] | None = None,
+    extra_files: dict[str, dict] | None = None,
+    **trainer_settings: Any,
+) -> None:
+    """Check the inputs, then train the model `build_model(flags)` builds (shared.training.train).
+
+    `check_model(flags)` is a method's own check on the base model (its config, say): it runs after the cheap
+    checks and before the MLflow run starts.
+    `extra_files` are JSON files the method writes beside its saved model (name -> content).
+    `trainer_settings` go to TrainingArguments on top of the shared ones (e.g. a DeepSpeed config).
+    """
+    setup_logging()
+    checked = check_inputs(flags)
+    if check_model:
+        check_model(flags)
+    from shared.training import train
+
+    train(method, flags, build_model, checked, extra_files=extra_files, **trainer_settings)
+
+
+def check_inputs(flags: dict) -> CheckedInputs:
+    """Every check that bad flags, a bad output directory, bad data or an absent tracking server can fail."""
+    checkpoint = check_output_dir(flags["output_dir"], flags["resume"], schedule(flags))
+    check_precision(flags)
+    check_schedule(flags)
+    check_base_model(flags)
+    check_weights_format(flags)
+    check_attention(flags)
+    if process_rank() == 0:  # only rank 0 talks to MLflow
+        check_tracking_server(flags["tracking_uri"])
+    train_records, dev_records, data_params = load_records(flags)
+    return CheckedInputs(checkpoint, train_records, dev_records, data_params)
+
+
+def cuda_available() -> bool:
+    import torch  # only for the flags that need a GPU
+
+    return torch.cuda.is_available()
+
+
+def check_schedule(flags: dict) -> None:
+    if flags["warmup_steps"] and flags["warmup_ratio"]:
+        raise click.UsageError("pass --warmup-steps or --warmup-ratio, not both")
+
+
+def check_precision(flags: dict) -> None:
+    if flags["bf16"] and flags["fp16"]:
+        raise click.UsageError("--bf16 and --fp16 exclude each other: pick one")
+    if flags["fp16"] and not cuda_available():
+        raise click.UsageError("--fp16 needs a CUDA GPU; on CPU use --bf16 or neither")
+
+
+def load_records(flags: dict) -> tuple[list, list, dict]:
+    """Training and dev records (validated), and the params that identify the data in MLflow."""
+    train = read_records(flags["dataset"])
+    params = {
+        "dataset_rows": len(train),
+        "dataset_sha256": file_sha256(flags["dataset"]),
+        **preparation_params(flags["dataset"]),
+    }
+    if flags["dev_dataset"]:
+        dev = read_records(flags["dev_dataset"])
+        params.update(dev_dataset_rows=len(dev), dev_dataset_sha256=file_sha256(flags["dev_dataset"]))
+    else:
+        train, dev = split_off_dev(train, flags["dev_fraction"], flags["seed"])
+        log.info("Held out %d of %d training records as the dev set", len(dev), len(dev) + len(train))
+    params.update(train_rows=len(train), dev_rows=len(dev), **dev_overlap(train, dev))
+    return train, dev, params
+
+
+def dev_overlap(train: list[dict], dev: list[dict]) -> dict[str, int]:
+    """How many dev records are training records too (whole, or by their prompt), with a warning when any are:
+    a dev loss measured on training data flatters the checkpoints and learning rates it selects."""
+    records, prompts = {(r["input"], r["output"]) for r in train}, {r["input"] for r in train}
+    overlap = {
+        "dev_overlap_records": sum((r["input"], r["output"]) in records for r in dev),
+        "dev_overlap_prompts": sum(r["input"] in prompts for r in dev),
+    }
+    if overlap["dev_overlap_prompts"]:
+        log.warning(
+            "Leakage: %d of the %d dev records are training records too (%d share their prompt with one): the dev "
+            "loss that picks checkpoints and learning rates is measured partly on training data. Use a dev set "
+            "disjoint from the training records.",
+            overlap["dev_overlap_records"],
+            len(dev),
+            overlap["dev_overlap_prompts"],
+        )
+    return overlap
+
+
+def check_base_model(flags: dict) -> None:
+    """Refuse a --base-model that names a local folder without a model in it (a hub id passes: it loads later)."""
+    folder = Path(flags["base_model"])
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise click.UsageError(f"--base-model {folder} holds no config.json: it is not a model folder")
+    if not folder.exists() and flags["base_model"].startswith(("/", "./", "../", "~")):
+        raise click.UsageError(f"--base-model {folder}: no such folder")
+
+
+def check_weights_format(flags: dict) -> None:
+    """Refuse, before any run starts, a local base model whose weights are pickles unless the user allows them."""
+    folder = Path(flags["base_model"])
+    if flags["allow_pickle_weights"] or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in [*folder.glob("*.bin"), *folder.glob("*.pt"), *folder.glob("*.pth")])
+    if pickles:
+        raise click.UsageError(
+            f"--base-model {folder} holds pickle weights only ({', '.join(pickles)}), which can run code when "
+            "loaded: convert them to safetensors, or pass --allow-pickle-weights if you trust their source"
+        )
+
+
+def check_attention(flags: dict) -> None:
+    """Refuse, before any run starts, an attention kernel this machine cannot run."""
+    if flags["attention"] != "flash_attention_2":
+        return
+    if not cuda_available():
+        raise click.UsageError("--attention flash_attention_2 needs a CUDA GPU; on a CPU use sdpa or eager")
+    if importlib.util.find_spec("flash_attn") is None:
+        raise click.UsageError("--attention flash_attention_2 needs the flash-attn package: pip install flash-attn")
+
+
+def check_tracking_server(tracking_uri: str | None) -> None:
+    """Fail in seconds, before any model loads, when the tracking server is not answering."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S):
+            return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+    raise click.ClickException(
+        f"the MLflow tracking server at {redact_uri(uri)} does not answer ({reason}): start it, or point "
+        "--tracking-uri / MLFLOW_TRACKING_URI at one that runs"
+    )
