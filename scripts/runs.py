@@ -72,7 +72,7 @@ def mark_failed(output_dir: Path, reason: str, tracking_uri: str | None) -> None
     from mlflow.tracking import MlflowClient
 
     from shared import reaping
-    from shared.tracking import read_run_id
+    from shared.outputs import read_run_id
 
     run_id = read_run_id(output_dir)
     client = MlflowClient(tracking_uri)

@@ -20,7 +20,7 @@ def main(output_dir: Path, tracking_uri: str | None) -> None:
     import mlflow
 
     from shared.outbox import OUTBOX_FILE, send_unsent
-    from shared.tracking import read_run_id
+    from shared.outputs import read_run_id
 
     if not (output_dir / OUTBOX_FILE).is_file():
         click.echo(f"{output_dir} holds no {OUTBOX_FILE}: nothing to send")

@@ -20,6 +20,14 @@ COMPLETION_MARKER = "training_complete.json"  # written when a training ends wel
 DEFAULT_MIN_FREE_GB = 1.0
 
 
+def read_run_id(output_dir: Path) -> str:
+    """The MLflow run id recorded in a training output directory."""
+    path = Path(output_dir) / RUN_FILE
+    if not path.is_file():
+        raise click.ClickException(f"{output_dir} holds no {RUN_FILE}: it was not written by a training run")
+    return json.loads(path.read_text())["run_id"]
+
+
 def schedule(flags: dict) -> dict:
     """How long a training was asked to run: a finished one resumed with a longer schedule goes on."""
     return {"epochs": flags["epochs"], "max_steps": flags["max_steps"]}

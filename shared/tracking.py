@@ -24,9 +24,10 @@ from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
 from shared.data import data_order_sha256
+from shared.logs import process_rank
 from shared.options import DEFAULT_EXPERIMENT
 from shared.outbox import OUTBOX_FILE, MlflowOutbox
-from shared.outputs import RUN_FILE
+from shared.outputs import RUN_FILE, read_run_id
 from shared.preemption import Preempted
 from shared.reaping import heartbeat, process_tags
 from shared.redaction import redact_uri, scrub
@@ -37,7 +38,7 @@ ROOT_ARTIFACTS = ("energy.json", "trainer_state.json")
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return process_rank() == 0
 
 
 def run_tags(method: str, base_model: str) -> dict[str, str]:
@@ -58,14 +59,6 @@ def run_tags(method: str, base_model: str) -> dict[str, str]:
     }
     tags.update({tag: os.environ[var] for tag, var in optional.items() if os.environ.get(var)})
     return {key: scrub(value) for key, value in tags.items()}
-
-
-def read_run_id(output_dir: Path) -> str:
-    """The MLflow run id recorded in a training output directory."""
-    path = Path(output_dir) / RUN_FILE
-    if not path.is_file():
-        raise click.ClickException(f"{output_dir} holds no {RUN_FILE}: it was not written by a training run")
-    return json.loads(path.read_text())["run_id"]
 
 
 @contextmanager

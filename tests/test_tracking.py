@@ -11,12 +11,11 @@ from mlflow import MlflowClient
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from shared.energy import EnergyReport
-from shared.outputs import RUN_FILE
+from shared.outputs import RUN_FILE, read_run_id
 from shared.redaction import redact_uri
 from shared.tracking import (
     MlflowMetricsCallback,
     log_training_outputs,
-    read_run_id,
     run_tags,
     tracked_run,
 )
