@@ -1,9 +1,9 @@
 """Real-token throughput, padding waste, peak memory and energy of every method beside the seed-style baseline.
 
-Each configuration trains in its own process (`python -m shared.benchmarking`), the first steps excluded as warm-up,
-so that one configuration neither warms nor pollutes another. The baseline (plain Trainer, LoRA, per-batch padding,
-loss on every token) runs in the same session on the same model, data and sequences per step; every configuration
-is reported as a ratio to it.
+Each configuration trains in its own process (`python -m shared.train.speed_benchmark`), the first steps excluded
+as warm-up, so that one configuration neither warms nor pollutes another. The baseline (plain Trainer, LoRA,
+per-batch padding, loss on every token) runs in the same session on the same model, data and sequences per step;
+every configuration is reported as a ratio to it.
 """
 
 import json
@@ -44,7 +44,7 @@ def measure(name: str, configuration: str, train_args: list[str], workdir: Path,
     report = workdir / f"{name.replace(' ', '_')}.json"
     output_dir = workdir / "outputs" / report.stem
     command = [
-        sys.executable, "-m", "shared.benchmarking", str(report), configuration, "--warmup-steps", str(warmup),
+        sys.executable, "-m", "shared.train.speed_benchmark", str(report), configuration, "--warmup-steps", str(warmup),
         *train_args, "--output-dir", str(output_dir),
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)

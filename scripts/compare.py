@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from shared.cli import Command
-from shared.redaction import redact_uri
+from shared.track.redaction import redact_uri
 
 MISSING = "missing"
 SIGNIFICANT_DIGITS = 4

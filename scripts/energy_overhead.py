@@ -13,7 +13,7 @@ import types
 import click
 
 from shared.cli import Command
-from shared.energy import DEFAULT_INTERVAL, EnergyMeter
+from shared.track.energy import DEFAULT_INTERVAL, EnergyMeter
 
 
 def fake_nvml(gpus: int) -> types.ModuleType:

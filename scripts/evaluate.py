@@ -12,8 +12,8 @@ import click
 from click.core import ParameterSource
 
 from shared.cli import Command
+from shared.evaluate.sandbox import Isolation, detect_isolation, namespace_problem
 from shared.logs import setup_logging
-from shared.sandbox import Isolation, detect_isolation, namespace_problem
 
 BENCHMARKS = ("humaneval", "livecodebench", "exact-match", "paraphrase")
 CODE_BENCHMARKS = ("humaneval", "livecodebench")
@@ -106,8 +106,9 @@ def parse_ks(ctx, param, value: str) -> list[int]:
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 def main(**flags) -> None:
     """Score --model (or --completions) on --benchmark; write results and log them beside the training run."""
-    from shared import evaluation, generation
-    from shared.sandbox import Limits
+    from shared.evaluate import generation
+    from shared.evaluate import job as evaluation
+    from shared.evaluate.sandbox import Limits
 
     setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the sandbox starts processes after tokenizing
@@ -266,7 +267,7 @@ def check_samples(flags: dict, completions: dict[str, list[str]]) -> None:
 
 
 def load_tasks(flags: dict) -> list:
-    from shared import benchmarks
+    from shared.evaluate import benchmarks
 
     loaders = {
         "humaneval": lambda: benchmarks.humaneval_tasks(flags["with_metadata"]),
@@ -281,7 +282,7 @@ def generate(output, tasks: list, flags: dict, vllm: bool) -> dict[str, list[str
     """n completions per task from the model, with the HF backend or vLLM."""
     from transformers import set_seed
 
-    from shared import generation
+    from shared.evaluate import generation
 
     set_seed(flags["seed"])
     sampling = generation.Sampling(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from shared import formats, sources
 from shared.cli import Command
-from shared.data import DataError
+from shared.data import formats, sources
+from shared.data.records import DataError
 
 DOMAINS = ("generic", "algorithmic")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import click
 
-from shared import formats, sources
-from shared.benchmarks import read_humaneval_metadata
 from shared.cli import Command
-from shared.data import DataError
+from shared.data import formats, sources
+from shared.data.records import DataError
+from shared.evaluate.benchmarks import read_humaneval_metadata
 from shared.logs import setup_logging
 
 log = logging.getLogger("prepare_data")

@@ -3,7 +3,7 @@
     python scripts/runs.py reap --experiment-name E [--tracking-uri U] [--stale-after SECONDS] [--dry-run]
     python scripts/runs.py mark-failed --output-dir DIR --reason TEXT [--tracking-uri U]
 
-`reap` marks FAILED each RUNNING run whose process is gone (see shared/reaping.py) and prints one line per
+`reap` marks FAILED each RUNNING run whose process is gone (see shared/track/reaping.py) and prints one line per
 RUNNING run: what it reaped, what it left, and why. `mark-failed` ends the run that trained DIR FAILED, if it is
 still RUNNING; the SLURM wrappers call it when their trainer was killed.
 """
@@ -35,14 +35,14 @@ def main() -> None:
     "--stale-after",
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds without a heartbeat after which a run from another host (or without process tags) is reaped "
-    "(default: 900, shared.reaping.DEFAULT_STALE_AFTER_SECONDS).",
+    "(default: 900, shared.track.reaping.DEFAULT_STALE_AFTER_SECONDS).",
 )
 @click.option("--dry-run", is_flag=True, help="Print what would be reaped, change nothing.")
 def reap(experiment_name: str, tracking_uri: str | None, stale_after: float | None, dry_run: bool) -> None:
     """Mark FAILED the RUNNING runs of an experiment whose process no longer runs."""
     from mlflow.tracking import MlflowClient
 
-    from shared.reaping import DEFAULT_STALE_AFTER_SECONDS, reap_runs
+    from shared.track.reaping import DEFAULT_STALE_AFTER_SECONDS, reap_runs
 
     stale_after = stale_after or DEFAULT_STALE_AFTER_SECONDS
     client = MlflowClient(tracking_uri)
@@ -71,8 +71,8 @@ def mark_failed(output_dir: Path, reason: str, tracking_uri: str | None) -> None
     """End the run that trained OUTPUT_DIR FAILED with REASON, unless it already ended."""
     from mlflow.tracking import MlflowClient
 
-    from shared import reaping
     from shared.outputs import read_run_id
+    from shared.track import reaping
 
     run_id = read_run_id(output_dir)
     client = MlflowClient(tracking_uri)

@@ -19,8 +19,8 @@ def main(output_dir: Path, tracking_uri: str | None) -> None:
     """Replay OUTPUT_DIR's kept MLflow calls into the run that trained it."""
     import mlflow
 
-    from shared.outbox import OUTBOX_FILE, send_unsent
     from shared.outputs import read_run_id
+    from shared.track.outbox import OUTBOX_FILE, send_unsent
 
     if not (output_dir / OUTBOX_FILE).is_file():
         click.echo(f"{output_dir} holds no {OUTBOX_FILE}: nothing to send")

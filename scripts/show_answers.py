@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from shared.cli import Command
-from shared.data import read_jsonl_lines
-from shared.evaluation import SAMPLES_FILE
+from shared.data.records import read_jsonl_lines
+from shared.evaluate.job import SAMPLES_FILE
 
 RULE = "-" * 100
 

@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
 export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
 
-# shared/preemption.py: the trainer saved a checkpoint and stopped on a signal; rerun with --resume.
+# shared/train/preemption.py: the trainer saved a checkpoint and stopped on a signal; rerun with --resume.
 PREEMPTED_EXIT_CODE=75
 # The repo this file belongs to: a study's array job runs from the study's folder, not from the repo root.
 WORKBENCH_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

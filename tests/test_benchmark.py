@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import run_script, spelled_digits
-from shared.benchmarking import flops_per_token
-from shared.data import IGNORE_INDEX, batch_collator, tokenize_records
+from shared.data.batching import IGNORE_INDEX, batch_collator, tokenize_records
+from shared.train.speed_benchmark import flops_per_token
 
 RECORDS = [
     {"input": "Spell in words, please, a longer question: 7 8 9 0", "output": "seven eight nine zero"},

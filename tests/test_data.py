@@ -7,17 +7,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import run_script
-from shared.data import (
-    ALPACA_PROMPT,
-    IGNORE_INDEX,
-    DataError,
-    batch_collator,
-    file_sha256,
-    read_records,
-    render,
-    split_off_dev,
-    tokenize_records,
-)
+from shared.data.batching import ALPACA_PROMPT, IGNORE_INDEX, batch_collator, render, tokenize_records
+from shared.data.records import DataError, file_sha256, read_records, split_off_dev
 
 GOOD = [{"input": "a", "output": "b"}, {"input": "c", "output": "d", "extra": 1}]
 
@@ -67,7 +58,7 @@ def test_bad_files_are_refused_naming_file_record_and_field(tmp_path, name, cont
 def test_several_files_are_read_in_the_order_given_each_count_logged(tmp_path, caplog):
     first = write(tmp_path, "a.json", json.dumps(GOOD))
     second = write(tmp_path, "b.jsonl", json.dumps({"input": "e", "output": "f"}) + "\n")
-    with caplog.at_level(logging.INFO, logger="shared.data"):
+    with caplog.at_level(logging.INFO, logger="shared.data.records"):
         records = read_records((first, second))
     assert records == [*GOOD, {"input": "e", "output": "f"}]
     assert f"{first}: 2 records" in caplog.text and f"{second}: 1 records" in caplog.text
@@ -183,7 +174,7 @@ def test_packed_batch_is_one_row_with_restarting_positions_and_counts_no_padding
 def test_tokenization_is_cached_on_disk_and_keyed_by_its_inputs(qwen_tokenizer, tmp_path, caplog):
     records = [{"input": f"question {i}", "output": f"answer {i}"} for i in range(20)]
     first = tokenize_records(records, qwen_tokenizer, 256, "t", cache_dir=tmp_path)
-    with caplog.at_level("INFO", logger="shared.data"):
+    with caplog.at_level("INFO", logger="shared.data.batching"):
         again = tokenize_records(records, qwen_tokenizer, 256, "t", cache_dir=tmp_path)
     assert "reusing the tokenization cached in" in caplog.text
     assert again.dataset["input_ids"] == first.dataset["input_ids"]

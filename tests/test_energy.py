@@ -1,4 +1,4 @@
-"""Tests of shared.energy: EnergyMeter against a fake `pynvml` and a fake powercap folder, and sum_reports.
+"""Tests of shared.track.energy: EnergyMeter against a fake `pynvml` and a fake powercap folder, and sum_reports.
 
 NVML is faked because no GPU exists on CI: every test injects a small stand-in module with
 `monkeypatch.setitem(sys.modules, "pynvml", fake)`, so the real EnergyMeter code imports and drives it exactly as
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import energy
-from shared.energy import (
+from shared.track import energy
+from shared.track.energy import (
     POWER_SOURCE,
     SOURCE,
     EnergyMeter,

@@ -16,9 +16,9 @@ from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import DIGIT_WORDS, FAST, REPO, load_command, run_script, spelled_digits
-from shared import generation
-from shared.benchmarks import humaneval_tasks
-from shared.generation import (
+from shared.evaluate import generation
+from shared.evaluate.benchmarks import humaneval_tasks
+from shared.evaluate.generation import (
     Sampling,
     TrainedOutput,
     UnappliedAdapterError,
@@ -31,7 +31,7 @@ from shared.generation import (
     load_tokenizer,
     prompt_texts,
 )
-from shared.merging import merge_adapter
+from shared.model.merging import merge_adapter
 
 pytestmark = pytest.mark.slow
 

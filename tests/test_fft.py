@@ -129,7 +129,7 @@ def test_two_processes_log_each_message_once(zero3):
     about the accelerator it detected."""
     result = zero3["result"]
     messages = re.findall(r"^\S+ \S+ INFO (\S+: .*)$", result.stderr, re.MULTILINE)
-    assert "shared.job: Held out 24 of 240 training records as the dev set" in messages
+    assert "shared.train.checks: Held out 24 of 240 training records as the dev set" in messages
     assert [m for m, count in Counter(messages).items() if count > 1] == []
     assert result.stdout.count("Trainable parameters:") == 1
     assert "accelerator to" not in result.stdout + result.stderr, "DeepSpeed's 'Setting (ds_)accelerator to' line"

@@ -31,5 +31,5 @@ def test_a_method_that_never_quantizes_logs_no_bitsandbytes_notice(tmp_path, tin
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert BNB_NOTICE not in result.stderr + result.stdout
-    assert "INFO shared.job: Held out" in result.stderr, "the script's own INFO lines still show"
+    assert "INFO shared.train.checks: Held out" in result.stderr, "the script's own INFO lines still show"
     assert only_run(tmp_path)[1].info.status == "FINISHED"

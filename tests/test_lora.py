@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from conftest import FAST, REPO, only_run, run_script
-from shared.data import file_sha256
+from shared.data.records import file_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +156,7 @@ def test_merged_model_matches_the_adapter(trained, tiny_qwen2, tmp_path):
 
 
 def test_the_attention_kernel_asked_for_is_the_one_loaded(tiny_qwen2):
-    from shared.modeling import load_base_model
+    from shared.model.loading import load_base_model
 
     flags = {"base_model": str(tiny_qwen2), "cache_dir": None, "bf16": False, "fp16": False}
     flags.update(trust_remote_code=False, allow_pickle_weights=False)

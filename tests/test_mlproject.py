@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from conftest import REPO, only_run, run_script, spelled_digits
-from shared import sources
+from shared.data import sources
 
 ENTRY_POINTS = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
 TOOLS = {"prepare_data", "prepare_balanced_data", "merge", "evaluate", "compare", "study", "show_answers"}

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAST, only_run, run_script, spelled_digits
-from shared.data import batch_collator, tokenize_records
+from shared.data.batching import batch_collator, tokenize_records
 
 RECORDS = [
     {"input": "Spell in words: 1 2", "output": "one two"},

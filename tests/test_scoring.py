@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.scoring import bleu, bucket_scores, chrf, exact_match, pass_at_k
+from shared.evaluate.scoring import bleu, bucket_scores, chrf, exact_match, pass_at_k
 
 
 def test_pass_at_k_matches_hand_worked_values():

@@ -3,7 +3,7 @@
 import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from shared.stopping import RelativeEarlyStopping, is_improvement
+from shared.train.stopping import RelativeEarlyStopping, is_improvement
 
 
 @pytest.mark.parametrize(

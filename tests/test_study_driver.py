@@ -8,10 +8,10 @@ import sys
 from mlflow import MlflowClient
 from test_study_spec import write_spec
 
-from shared.reaping import boot_id, process_start_ticks
 from shared.study.children import Child, state
 from shared.study.driver import Study
 from shared.study.spec import load_spec
+from shared.track.reaping import boot_id, process_start_ticks
 
 
 def left_running(study: Study, child: Child, pid: int) -> str:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO, run_script
-from shared.contamination import contaminated_tasks
+from shared.evaluate.contamination import contaminated_tasks
 from shared.study.spec import DEFAULT_LEARNING_RATES, SpecError, load_command, load_spec
 
 

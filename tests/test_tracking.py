@@ -10,15 +10,15 @@ import pytest
 from mlflow import MlflowClient
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from shared.energy import EnergyReport
 from shared.outputs import RUN_FILE, read_run_id
-from shared.redaction import redact_uri
-from shared.tracking import (
+from shared.track.energy import EnergyReport
+from shared.track.mlflow_run import (
     MlflowMetricsCallback,
     log_training_outputs,
     run_tags,
     tracked_run,
 )
+from shared.track.redaction import redact_uri
 
 
 @pytest.fixture

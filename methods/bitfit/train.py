@@ -10,8 +10,8 @@ import re
 import click
 
 from shared.cli import Command
-from shared.job import run_training
 from shared.options import common_options
+from shared.train.job import run_training
 
 
 def trainable(name: str, patterns: list[re.Pattern]) -> bool:
@@ -39,7 +39,7 @@ def require_something_trainable(flags: dict) -> None:
 
 def biases_only(flags: dict):
     """Load the base model and freeze everything but its biases and the pattern-matched parameters."""
-    from shared.modeling import load_base_model
+    from shared.model.loading import load_base_model
 
     model = load_base_model(flags)
     patterns = [re.compile(p) for p in flags["trainable_pattern"]]

@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from shared.cli import Command
-from shared.job import run_training
 from shared.options import common_options
+from shared.train.job import run_training
 
 ZERO_CONFIGS = {name: Path(__file__).resolve().parent / f"{name}.json" for name in ("zero2", "zero3")}
 
@@ -21,7 +21,7 @@ def full_model(flags: dict):
     """The base model with every parameter trainable."""
     import torch
 
-    from shared.modeling import load_base_model
+    from shared.model.loading import load_base_model
 
     # An optimizer step on 16-bit weights loses the updates smaller than their precision (most of them at fine-tuning
     # learning rates), so without DeepSpeed, which keeps float32 master weights itself, --bf16/--fp16 mean autocast

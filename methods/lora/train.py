@@ -7,15 +7,15 @@ and the adapter folds back into the base weights with `merge.py` for serving.
 import click
 
 from shared.cli import Command
-from shared.job import run_training
 from shared.options import common_options, lora_options
+from shared.train.job import run_training
 
 
 def attach_lora(flags: dict):
     """Load the base model and wrap its linear layers with trainable low-rank adapters."""
     from peft import get_peft_model
 
-    from shared.modeling import load_base_model, lora_config
+    from shared.model.loading import load_base_model, lora_config
 
     return get_peft_model(load_base_model(flags), lora_config(flags))
 

@@ -10,8 +10,8 @@ from importlib.metadata import version
 import click
 
 from shared.cli import Command
-from shared.job import run_training
 from shared.options import common_options
+from shared.train.job import run_training
 
 METADATA_FILE = "prefix_metadata.json"
 
@@ -20,7 +20,7 @@ def attach_prefix(flags: dict):
     """Load the base model and add trainable prefixes of --num-virtual-tokens to every attention layer."""
     from peft import PrefixTuningConfig, get_peft_model
 
-    from shared.modeling import load_base_model
+    from shared.model.loading import load_base_model
 
     config = PrefixTuningConfig(
         task_type="CAUSAL_LM",

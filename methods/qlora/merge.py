@@ -5,7 +5,7 @@ merged_from.json names the MLflow run that trained the adapter: scripts/evaluate
 scores there.
 """
 
-from shared.merging import merge_command
+from shared.model.merging import merge_command
 
 if __name__ == "__main__":
     merge_command()

@@ -8,8 +8,8 @@ adapter into full-precision weights, never into quantized ones.
 import click
 
 from shared.cli import Command
-from shared.job import run_training
 from shared.options import common_options, lora_options
+from shared.train.job import run_training
 
 
 def quantized_lora(flags: dict):
@@ -18,7 +18,7 @@ def quantized_lora(flags: dict):
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    from shared.modeling import load_base_model, lora_config
+    from shared.model.loading import load_base_model, lora_config
 
     compute_dtype = getattr(torch, flags["compute_dtype"])
     if flags["quant_bits"] == 4:

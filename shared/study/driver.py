@@ -21,7 +21,6 @@ from mlflow.entities import RunTag
 from tqdm import tqdm
 
 from shared.outputs import RUN_FILE
-from shared.reaping import DEFAULT_STALE_AFTER_SECONDS, reap_runs
 from shared.study.children import (
     EVAL_OUTCOME_TAG,
     OUTCOME_TAG,
@@ -31,6 +30,7 @@ from shared.study.children import (
 )
 from shared.study.launchers import Job
 from shared.study.spec import REPO, StudySpec
+from shared.track.reaping import DEFAULT_STALE_AFTER_SECONDS, reap_runs
 
 log = logging.getLogger(__name__)
 

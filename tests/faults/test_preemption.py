@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import FAST, REPO, only_run, run_script
-from shared.preemption import PREEMPTED_EXIT_CODE
+from shared.train.preemption import PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from conftest import FAST, REPO, run_script
 from mlflow_server import free_port, running_server
-from shared.outbox import OUTBOX_FILE
+from shared.track.outbox import OUTBOX_FILE
 
 pytestmark = pytest.mark.slow
 

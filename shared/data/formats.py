@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from shared.data import DataError, validate_record
+from shared.data.records import DataError, validate_record
 
 Record = dict[str, str]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from shared.data import DataError, data_files, file_sha256, read_json_rows
+from shared.data.records import DataError, data_files, file_sha256, read_json_rows
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Generating answers from any trained output: tell what a folder holds, load it, and sample completions in batches.
 
-Prompts are rendered as training rendered them (shared.data.render: the chat template, or the Alpaca prompt), and
-generation stops at the end-of-turn token. vLLM serves full models and LoRA adapters when it is installed;
+Prompts are rendered as training rendered them (shared.data.batching.render: the chat template, or the Alpaca
+prompt), and generation stops at the end-of-turn token. vLLM serves full models and LoRA adapters when it is installed;
 prefix adapters always use the Hugging Face backend (vLLM cannot serve prefixes).
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from shared.data import render
+from shared.data.batching import render
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The training every method runs, once shared.job has checked its inputs: only the model it trains differs."""
+"""The training every method runs, once shared.train.checks has checked its inputs: only the model it trains differs."""
 
 import json
 import logging
@@ -12,23 +12,23 @@ import torch
 from accelerate import PartialState
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from shared.data import batch_collator, tokenize_records
-from shared.dev_metrics import dev_metrics, reduce_logits
-from shared.energy import EnergyMeter, EnergyReport, sum_reports
-from shared.failures import is_out_of_memory, out_of_memory
-from shared.job import CheckedInputs
-from shared.modeling import count_parameters, load_tokenizer
+from shared.data.batching import batch_collator, tokenize_records
+from shared.model.loading import count_parameters, load_tokenizer
 from shared.outputs import COMPLETION_MARKER, schedule
-from shared.preemption import PreemptionCallback
-from shared.provenance import environment_record, log_datasets, model_revision
-from shared.stopping import DivergenceGuard, RelativeEarlyStopping
-from shared.tracking import (
+from shared.track.energy import EnergyMeter, EnergyReport, sum_reports
+from shared.track.mlflow_run import (
     MlflowMetricsCallback,
     is_main_process,
     log_params_once,
     log_training_outputs,
     tracked_run,
 )
+from shared.track.provenance import environment_record, log_datasets, model_revision
+from shared.train.checks import CheckedInputs
+from shared.train.dev_metrics import dev_metrics, reduce_logits
+from shared.train.failures import is_out_of_memory, out_of_memory
+from shared.train.preemption import PreemptionCallback
+from shared.train.stopping import DivergenceGuard, RelativeEarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def train(
     **trainer_settings: Any,
 ) -> None:
     """Track the run, build the model with `build_model(flags)`, train with early stopping, save (see
-    shared.job.run_training, which checks the inputs first)."""
+    shared.train.job.run_training, which checks the inputs first)."""
     output_dir: Path = flags["output_dir"]
     checkpoint = checked.checkpoint
     # Built before the model: under a launcher this joins the process group, and with ZeRO-3 it makes

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import click
 
-from shared.benchmarks import CodeTask, HumanEvalTask, TextTask
-from shared.contamination import NGRAM_WORDS
-from shared.contamination import contaminated_tasks as find_contaminated
-from shared.data import DataError, check_string_fields, read_jsonl_lines, read_records
+from shared.data.records import DataError, check_string_fields, read_jsonl_lines, read_records
+from shared.evaluate.benchmarks import CodeTask, HumanEvalTask, TextTask
+from shared.evaluate.contamination import NGRAM_WORDS
+from shared.evaluate.contamination import contaminated_tasks as find_contaminated
+from shared.evaluate.sandbox import Isolation, Limits, run_programs
+from shared.evaluate.scoring import bucket_scores, normalize, pass_at_k, text_scores
 from shared.outputs import RUN_FILE, read_run_id
-from shared.redaction import redact_uri, scrub
-from shared.sandbox import Isolation, Limits, run_programs
-from shared.scoring import bucket_scores, normalize, pass_at_k, text_scores
+from shared.track.redaction import redact_uri, scrub
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def metric_names(benchmark: str, scores: dict[str, float]) -> dict[str, float]:
 def training_run_of(model_dir: Path) -> str | None:
     """The run that trained a folder: its mlflow_run.json (a training output), or the run of the adapter a merged
     folder was made from (merged_from.json); None when neither is there."""
-    from shared.merging import merged_from_run
+    from shared.model.merging import merged_from_run
 
     return read_run_id(model_dir) if (model_dir / RUN_FILE).is_file() else merged_from_run(model_dir)
 

@@ -14,11 +14,11 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.data import data_files
+from shared.data.records import data_files
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "deepspeed", "accelerate", "mlflow")
 MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.pt")
 PROVENANCE_PARAMS = (

@@ -9,9 +9,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.data import DataError, read_json_rows, read_records
-from shared.formats import convert_paraphrase, convert_rows, metadata_comments
-from shared.sandbox import Program
+from shared.data.formats import convert_paraphrase, convert_rows, metadata_comments
+from shared.data.records import DataError, read_json_rows, read_records
+from shared.evaluate.sandbox import Program
 
 # Names LiveCodeBench solutions may use without importing them (a subset of what its own harness imports).
 LCB_PRELUDE = "from typing import *\nimport bisect, collections, functools, heapq, itertools, math, re, string\n"

@@ -1,8 +1,7 @@
-"""A training job as a method's command starts it: first every check that a user's input can fail, in about a
-second and before the MLflow run starts, then the training itself.
+"""Every check that a user's input to a training can fail, in about a second and before the MLflow run starts:
+flags, the output directory, the base model folder, the data (file, record, field), the tracking server.
 
-Only a job that passed its checks imports the training stack (torch, transformers, PEFT, MLflow), which takes
-seconds; this module and what it imports stay light.
+Light on purpose: nothing here imports torch, transformers, PEFT or MLflow.
 """
 
 import importlib.util
@@ -10,18 +9,16 @@ import logging
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
-from shared.data import file_sha256, read_records, split_off_dev
-from shared.logs import process_rank, setup_logging
+from shared.data.records import file_sha256, read_records, split_off_dev
+from shared.data.sources import preparation_params
+from shared.logs import process_rank
 from shared.outputs import check_output_dir, schedule
-from shared.redaction import redact_uri
-from shared.sources import preparation_params
+from shared.track.redaction import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +31,6 @@ class CheckedInputs:
     train_records: list[dict]
     dev_records: list[dict]
     data_params: dict  # what identifies the data in MLflow
-
-
-def run_training(
-    method: str,
-    flags: dict,
-    build_model: Callable[[dict], Any],
-    *,
-    check_model: Callable[[dict], None] | None = None,
-    extra_files: dict[str, dict] | None = None,
-    **trainer_settings: Any,
-) -> None:
-    """Check the inputs, then train the model `build_model(flags)` builds (shared.training.train).
-
-    `check_model(flags)` is a method's own check on the base model (its config, say): it runs after the cheap
-    checks and before the MLflow run starts.
-    `extra_files` are JSON files the method writes beside its saved model (name -> content).
-    `trainer_settings` go to TrainingArguments on top of the shared ones (e.g. a DeepSpeed config).
-    """
-    setup_logging()
-    checked = check_inputs(flags)
-    if check_model:
-        check_model(flags)
-    from shared.training import train
-
-    train(method, flags, build_model, checked, extra_files=extra_files, **trainer_settings)
 
 
 def check_inputs(flags: dict) -> CheckedInputs:

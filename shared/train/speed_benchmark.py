@@ -3,7 +3,7 @@
 Both sides are timed by the same `StepMeter`: the seconds from one optimizer step's end to the next (data loading
 included, evaluation and checkpoint saving left out, as the tracking callback counts them), and per step the real
 (non-pad), padding and trained (label != -100) tokens of the batches it collated. The first steps are warm-up and
-stay out of the summary. Run as `python -m shared.benchmarking REPORT.json lora|baseline TRAIN_FLAGS...`.
+stay out of the summary. Run as `python -m shared.train.speed_benchmark REPORT.json lora|baseline TRAIN_FLAGS...`.
 """
 
 import importlib.util
@@ -17,12 +17,12 @@ import click
 import torch
 from transformers import Trainer, TrainerCallback
 
-from shared.data import IGNORE_INDEX
-from shared.energy import EnergyMeter
+from shared.data.batching import IGNORE_INDEX
 from shared.options import common_options, lora_options
-from shared.tracking import peak_memory_mb
+from shared.track.energy import EnergyMeter
+from shared.track.mlflow_run import peak_memory_mb
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_EPOCHS = 3  # --epochs' default: the default schedule evaluates at step 0 and after each epoch
 # Dense bf16 peak of the GPUs an MFU is reported for (vendor data sheets); any other device reports no MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -63,7 +63,7 @@ class StepMeter(TrainerCallback):
         self.pending = dict.fromkeys(self.pending, 0)
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        from shared.modeling import count_parameters
+        from shared.model.loading import count_parameters
 
         self.steps_per_epoch = -(-len(train_dataloader) // args.gradient_accumulation_steps)
 
@@ -181,14 +181,14 @@ def mfu(tokens_per_second: float, params: int, full: bool) -> float | None:
 
 def run_method(method: str, train_args: list[str], meter: StepMeter) -> None:
     """Run methods/METHOD/train.py's command in this process, its Trainer carrying METER; nothing else changes."""
-    import shared.training
+    import shared.train.loop
 
     class MeteredTrainer(Trainer):
         def __init__(self, *args, callbacks=None, data_collator=None, **kwargs):
             callbacks = [*(callbacks or []), meter]
             super().__init__(*args, callbacks=callbacks, data_collator=meter.counting(data_collator), **kwargs)
 
-    shared.training.Trainer = MeteredTrainer
+    shared.train.loop.Trainer = MeteredTrainer
     spec = importlib.util.spec_from_file_location(f"{method}_train", REPO / "methods" / method / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -203,8 +203,9 @@ def run_baseline(flags: dict, meter: StepMeter) -> None:
     from peft import get_peft_model
     from transformers import DataCollatorForLanguageModeling, TrainingArguments, set_seed
 
-    from shared.data import read_records, render, split_off_dev
-    from shared.modeling import load_base_model, load_tokenizer, lora_config
+    from shared.data.batching import render
+    from shared.data.records import read_records, split_off_dev
+    from shared.model.loading import load_base_model, load_tokenizer, lora_config
 
     records = read_records(flags["dataset"])
     if flags["dev_dataset"] is None:

@@ -23,14 +23,14 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from transformers import TrainerCallback
 
-from shared.data import data_order_sha256
+from shared.data.batching import data_order_sha256
 from shared.logs import process_rank
 from shared.options import DEFAULT_EXPERIMENT
-from shared.outbox import OUTBOX_FILE, MlflowOutbox
 from shared.outputs import RUN_FILE, read_run_id
-from shared.preemption import Preempted
-from shared.reaping import heartbeat, process_tags
-from shared.redaction import redact_uri, scrub
+from shared.track.outbox import OUTBOX_FILE, MlflowOutbox
+from shared.track.reaping import heartbeat, process_tags
+from shared.track.redaction import redact_uri, scrub
+from shared.train.preemption import Preempted
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def log_training_outputs(
     Adapters are uploaded whole. A full model's weights (gigabytes for a real model) stay in the output
     directory, whose path the run records; its config and tokenizer are uploaded.
     """
-    from shared.energy import joules_per_1k_tokens
+    from shared.track.energy import joules_per_1k_tokens
 
     metrics = {"best_eval_loss": best_eval_loss, "train_runtime": runtime}
     if energy.available:
