@@ -5,8 +5,6 @@ from safetensors.torch import load_file
 
 from conftest import FAST, only_run, run_script
 
-pytestmark = pytest.mark.slow
-
 
 def train_bitfit(cwd, base, dataset, *args):
     return run_script(
@@ -37,6 +35,7 @@ def test_only_biases_train(tmp_path, tiny_qwen2, synthetic_dataset):
     assert run.data.tags["model_weights_path"] == str((tmp_path / "out").resolve())
 
 
+@pytest.mark.slow
 def test_a_model_without_biases_is_refused_before_anything_starts(tmp_path, tiny_llama, synthetic_dataset):
     result = train_bitfit(tmp_path, tiny_llama, synthetic_dataset)
     assert result.returncode == 2
@@ -44,6 +43,7 @@ def test_a_model_without_biases_is_refused_before_anything_starts(tmp_path, tiny
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_a_pattern_chooses_what_trains_without_biases(tmp_path, tiny_llama, synthetic_dataset):
     result = train_bitfit(tmp_path, tiny_llama, synthetic_dataset, "--trainable-pattern", r"norm\.weight$")
     assert result.returncode == 0, result.stderr[-3000:]

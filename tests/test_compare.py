@@ -13,8 +13,6 @@ from mlflow import MlflowClient
 from conftest import FAST, load_command, run_script
 from mlflow_server import mlflow_server  # noqa: F401
 
-pytestmark = pytest.mark.slow
-
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METHODS = ("lora", "bitfit")
 compare = load_command("scripts/compare.py")
@@ -70,6 +68,7 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
     return {cells[1]: cells for cells in (line.split() for line in lines[2:])}
 
 
+@pytest.mark.slow
 def test_table_lists_both_methods_with_energy_missing(compared):
     rows = table_rows(compared["stdout"])
     assert set(rows) == set(METHODS)
@@ -79,6 +78,7 @@ def test_table_lists_both_methods_with_energy_missing(compared):
         assert float(cells[7]) == pytest.approx(compared["runs"][method].data.metrics["best_eval_loss"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_csv_holds_each_runs_numbers(compared):
     with (compared["out"] / "comparison.csv").open() as handle:
         rows = {row["method"]: row for row in csv.DictReader(handle)}
@@ -94,11 +94,13 @@ def test_csv_holds_each_runs_numbers(compared):
     assert float(rows["lora"]["trainable_percent"]) != float(rows["bitfit"]["trainable_percent"])
 
 
+@pytest.mark.slow
 def test_without_energy_the_plot_shows_runtime_and_says_so(compared):
     assert not (compared["out"] / "energy_vs_best_eval_loss.png").exists()
     assert_points_drawn(compared["out"] / "runtime_vs_best_eval_loss.png")
 
 
+@pytest.mark.slow
 def test_summary_run_serves_both_files_through_the_server(compared, tmp_path):
     client, experiment = compared["client"], compared["exp"]
     (summary,) = client.search_runs([experiment.experiment_id], "tags.summary = 'true'")
@@ -111,6 +113,7 @@ def test_summary_run_serves_both_files_through_the_server(compared, tmp_path):
         assert filecmp.cmp(downloaded, compared["out"] / name, shallow=False), name
 
 
+@pytest.mark.slow
 def test_training_run_artifacts_download_through_the_server(compared, tmp_path):
     run = compared["runs"]["lora"]
     downloaded = compared["client"].download_artifacts(run.info.run_id, "energy.json", str(tmp_path))

@@ -185,7 +185,6 @@ def test_tokenization_is_cached_on_disk_and_keyed_by_its_inputs(qwen_tokenizer, 
     assert shorter.truncated > 0
 
 
-@pytest.mark.slow
 def test_a_bad_file_among_several_is_refused_before_anything_runs(tmp_path, tiny_qwen2, synthetic_dataset):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"input": "a", "output": "b"}, {"input": "c"}]))

@@ -33,8 +33,6 @@ from shared.evaluate.generation import (
 )
 from shared.model.merging import merge_adapter
 
-pytestmark = pytest.mark.slow
-
 LIVECODEBENCH = REPO / "tests/data/eval_livecodebench.jsonl"
 PARAPHRASE = REPO / "tests/data/paraphrase.json"
 
@@ -97,6 +95,7 @@ def test_humaneval_on_a_lora_adapter_lands_in_the_training_run(lora):
     assert "Generating" in result.stderr and "Executing" in result.stderr, "progress bars"
 
 
+@pytest.mark.slow
 def test_exact_match_prompts_the_adapter_as_training_did(lora):
     dev, dev_records = lora["cwd"] / "dev.json", spelled_digits(12, seed=1)
     dev.write_text(json.dumps(dev_records))
@@ -120,6 +119,7 @@ def test_exact_match_prompts_the_adapter_as_training_did(lora):
     assert [(s["source_id"], s["prompt"]) for s in samples] == [(str(i), r["input"]) for i, r in enumerate(dev_records)]
 
 
+@pytest.mark.slow
 def test_paraphrase_on_a_merged_model_logs_to_a_linked_evaluation_run(lora, tiny_qwen2):
     merged = lora["cwd"] / "merged"
     merge_adapter(str(tiny_qwen2), lora["out"], merged, cache_dir=None, dtype="float32")  # what merge.py runs
@@ -209,6 +209,7 @@ def test_a_generation_route_that_drops_the_adapter_is_caught(tiny_qwen2, monkeyp
         check_adapter_applied(model, tokenizer, output, prompt)
 
 
+@pytest.mark.slow
 def test_an_adapter_that_changes_nothing_is_refused_before_scoring(tiny_qwen2, tmp_path, store):
     """A LoRA adapter straight from initialisation (B = 0) leaves the output unchanged, as an adapter that generation
     failed to apply would: the evaluation must say so instead of scoring the base model under the adapter's name."""
@@ -226,6 +227,7 @@ def test_an_adapter_that_changes_nothing_is_refused_before_scoring(tiny_qwen2, t
     assert MlflowClient(store).get_experiment_by_name("unchanged") is None, "no evaluation run may be created"
 
 
+@pytest.mark.slow
 def test_a_merged_model_scores_into_the_run_that_trained_its_adapter(lora, tiny_qwen2):
     """The GSD recipe: train, merge.py, evaluate the merged folder with no --run-id; compare.py sees the score."""
     merged = lora["cwd"] / "merged-cli"
@@ -259,6 +261,7 @@ def test_a_merged_model_scores_into_the_run_that_trained_its_adapter(lora, tiny_
     ]
 
 
+@pytest.mark.slow
 def test_humaneval_with_metadata_prompts_the_model_as_prepare_data_trained_it(lora):
     """The QLoRA HumanEval experiment: the model is given each prompt with its metadata comments, exactly the
     training input prepare_data.py --with-metadata wrote for that problem."""
@@ -587,6 +590,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [

@@ -20,8 +20,6 @@ from transformers import AutoModelForCausalLM
 
 from conftest import FAST, REPO, load_command, only_run, run_script
 
-pytestmark = pytest.mark.slow
-
 SCRIPT = "methods/fft/train.py"
 # Few steps: the 2 cores are shared by both processes. One process with batch 16 sees what two processes with
 # batch 8 see together, so all three runs below should train the same model.
@@ -106,6 +104,7 @@ def test_one_process_trains_every_weight(single, tiny_qwen2):
     assert run.data.tags["model_weights_path"] == str(out.resolve())
 
 
+@pytest.mark.slow
 def test_zero3_on_two_processes_is_one_run_logged_once(zero3, tiny_qwen2):
     run, out = zero3["run"], zero3["out"]
     assert run.info.status == "FINISHED" and run.data.tags["method"] == "fft"
@@ -124,6 +123,7 @@ def test_zero3_on_two_processes_is_one_run_logged_once(zero3, tiny_qwen2):
     assert uploaded.count("energy.json") == 1
 
 
+@pytest.mark.slow
 def test_two_processes_log_each_message_once(zero3):
     """Rank 0 logs at INFO, rank 1 at WARNING and above: one line per message for the job, and no DeepSpeed notice
     about the accelerator it detected."""
@@ -135,6 +135,7 @@ def test_two_processes_log_each_message_once(zero3):
     assert "accelerator to" not in result.stdout + result.stderr, "DeepSpeed's 'Setting (ds_)accelerator to' line"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launched", ["zero3", "ddp"])
 def test_two_processes_train_the_same_model_as_one(launched, single, request, tiny_qwen2):
     """Two processes with batch 8 and one with batch 16 take the same steps: the data-parallel run is one job."""
@@ -143,6 +144,7 @@ def test_two_processes_train_the_same_model_as_one(launched, single, request, ti
     assert (logits(distributed["out"]) - logits(tiny_qwen2)).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 def test_resume_and_early_stopping_agree_across_ranks(tmp_path, tiny_qwen2, synthetic_dataset):
     # No evaluation improves by 99%, so each one counts towards stopping; the rule travels in the checkpoint.
     stopping = ["--patience", 1, "--min-improvement", 0.99]

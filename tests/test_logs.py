@@ -9,12 +9,11 @@ import pytest
 
 from conftest import FAST, REPO, only_run, run_script
 
-pytestmark = pytest.mark.slow
-
 AVX512BF16 = {"PYTHONPATH": str(Path(__file__).resolve().parent / "avx512bf16")}
 BNB_NOTICE = "Failed to load CPU gemm_4bit_forward"
 
 
+@pytest.mark.slow
 def test_the_stand_in_makes_bitsandbytes_log_its_notice():
     """The control: without shared.logs, importing peft (which imports bitsandbytes) logs the notice."""
     result = subprocess.run(
@@ -23,6 +22,7 @@ def test_the_stand_in_makes_bitsandbytes_log_its_notice():
     assert result.returncode == 0 and BNB_NOTICE in result.stderr
 
 
+@pytest.mark.slow
 def test_a_method_that_never_quantizes_logs_no_bitsandbytes_notice(tmp_path, tiny_qwen2, synthetic_dataset):
     result = run_script(
         "methods/bitfit/train.py", "--base-model", tiny_qwen2, "--dataset", synthetic_dataset,

@@ -18,8 +18,6 @@ from transformers import AutoModelForCausalLM
 from conftest import FAST, REPO, only_run, run_script
 from shared.data.records import file_sha256
 
-pytestmark = pytest.mark.slow
-
 
 def train(cwd, *args, env=None):
     return run_script("methods/lora/train.py", "--experiment-name", "tests", *FAST, *args, cwd=cwd, env=env)
@@ -140,6 +138,7 @@ def logits(model, tokens):
         return model(tokens).logits
 
 
+@pytest.mark.slow
 def test_merged_model_matches_the_adapter(trained, tiny_qwen2, tmp_path):
     merged_dir = tmp_path / "merged"
     result = run_script(
@@ -167,6 +166,7 @@ def test_the_attention_kernel_asked_for_is_the_one_loaded(tiny_qwen2):
     }
 
 
+@pytest.mark.slow
 def test_llama_architecture_trains_in_bf16_on_cpu(tmp_path, tiny_llama, synthetic_dataset):
     args = ["--base-model", tiny_llama, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out", "--bf16"]
     args += ["--attention", "eager"]
@@ -223,6 +223,7 @@ def test_bad_flags_are_refused(tmp_path, tiny_qwen2, synthetic_dataset, flags, m
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_a_run_that_dies_after_starting_is_failed(tmp_path, tiny_qwen2, synthetic_dataset):
     broken = shutil.copytree(tiny_qwen2, tmp_path / "broken")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
@@ -233,6 +234,7 @@ def test_a_run_that_dies_after_starting_is_failed(tmp_path, tiny_qwen2, syntheti
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_optimizer_schedule_and_dev_metrics_are_the_ones_asked_for(tmp_path, tiny_qwen2, synthetic_dataset):
     """The paraphrase source's settings (AdamW beta2 0.95, eps 1e-6, cosine, warm-up) with bitsandbytes' 8-bit
     AdamW: each reaches the optimizer and the schedule, and the dev set gets token accuracy and perplexity."""
@@ -268,6 +270,7 @@ def test_optimizer_schedule_and_dev_metrics_are_the_ones_asked_for(tmp_path, tin
         assert p.value == pytest.approx(math.exp(loss.value), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_dev_records_that_are_training_records_are_flagged(tmp_path, tiny_qwen2):
     training = [{"input": f"Spell in words: {i}", "output": f"number {i}"} for i in range(40)]
     dev = training[:6] + [{"input": "Spell in words: 7", "output": "seven"}]  # 6 copies, and a shared prompt

@@ -6,9 +6,8 @@ import pytest
 
 from conftest import run_script
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_table_is_measured_and_written_into_the_readme(tmp_path, tiny_qwen2, synthetic_dataset):
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\n<!-- method-table:start -->\nold\n<!-- method-table:end -->\n\nAfter.\n")

@@ -229,6 +229,7 @@ def test_mlflow_run_keeps_the_name_it_was_given(tmp_path, tiny_qwen2, synthetic_
     assert run.data.params["packing"] == "false" and run.data.tags["method"] == "bitfit"
 
 
+@pytest.mark.slow
 def test_mlflow_run_refuses_a_bad_switch_value_naming_it(tmp_path, synthetic_dataset):
     params = {"base_model": "no-model", "dataset": synthetic_dataset, "output_dir": tmp_path / "out", "bf16": "maybe"}
     result = mlflow_run(tmp_path, "lora", params, "--experiment-name", "tests")

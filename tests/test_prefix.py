@@ -9,8 +9,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAST, only_run, run_script, spelled_digits
 
-pytestmark = pytest.mark.slow
-
 
 def train_prefix(cwd, base, dataset, *args):
     return run_script(
@@ -69,6 +67,7 @@ def test_gradient_checkpointing_is_refused_clearly(tmp_path, tiny_qwen2, synthet
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_evaluation_generates_from_the_trained_prefix_in_batches_and_one_by_one(trained, tiny_qwen2, tmp_path):
     """From the user's side: scripts/evaluate.py on a trained prefix must not answer what the base model answers,
     and the batch size must not change a greedy answer."""

@@ -7,8 +7,6 @@ from transformers import AutoModelForCausalLM
 
 from conftest import FAST, load_command, only_run, run_script
 
-pytestmark = pytest.mark.slow
-
 
 def train_qlora(cwd, *args):
     return run_script("methods/qlora/train.py", "--experiment-name", "tests", *FAST, *args, cwd=cwd)
@@ -52,6 +50,7 @@ def test_the_base_really_is_4bit(tiny_qwen2):
     assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
 
 
+@pytest.mark.slow
 def test_merge_equals_the_adapter_on_the_unquantized_base(trained, tiny_qwen2, tmp_path):
     result = run_script(
         "methods/qlora/merge.py",
@@ -72,6 +71,7 @@ def test_merge_equals_the_adapter_on_the_unquantized_base(trained, tiny_qwen2, t
     assert (merged - adapted).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_8bit_base_trains(tmp_path, tiny_llama, synthetic_dataset):
     args = ["--base-model", tiny_llama, "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out"]
     result = train_qlora(tmp_path, *args, "--quant-bits", 8, "--max-steps", 20, "--eval-steps", 10)

@@ -114,6 +114,7 @@ def test_reap_ends_the_runs_whose_process_is_gone_and_says_why_for_each(store):
             assert run.data.tags["reaped"] == "true" and run.data.tags["reaped_reason"].startswith(reason)
 
 
+@pytest.mark.slow
 def test_reap_against_a_tracking_server_judges_other_hosts_by_their_heartbeat(mlflow_server):  # noqa: F811
     client = MlflowClient(mlflow_server)
     now = time.time()
@@ -153,6 +154,7 @@ def test_mark_failed_ends_a_running_run_and_leaves_an_ended_one(store, tmp_path)
     assert "already ended FINISHED: left as it is" in result.output
 
 
+@pytest.mark.slow
 def test_a_heartbeat_is_refreshed_while_the_block_runs(store, monkeypatch):
     monkeypatch.setenv("PEFT_WORKBENCH_HEARTBEAT_SECONDS", "0.1")
     mlflow.set_tracking_uri(store)

@@ -15,8 +15,6 @@ from mlflow import MlflowClient
 from conftest import FAST, REPO, only_run
 from shared.train.preemption import PREEMPTED_EXIT_CODE
 
-pytestmark = pytest.mark.slow
-
 
 def local_env(cwd: Path) -> dict[str, str]:
     """No Slurm or MLflow variables; this interpreter first on PATH, then a `scontrol` that leaves a trace."""
@@ -38,6 +36,7 @@ def lora_args(cwd: Path, model: Path, dataset: Path, *schedule) -> list[str]:
     return [*map(str, [*args, "--experiment-name", "tests", *FAST, "--no-system-metrics", *schedule])]
 
 
+@pytest.mark.slow
 def test_lora_sbatch_run_with_bash_trains_as_a_local_job(tmp_path, tiny_qwen2, synthetic_dataset):
     args = lora_args(tmp_path, tiny_qwen2, synthetic_dataset, "--max-steps", 2, "--eval-steps", 2)
     result = subprocess.run(
@@ -51,6 +50,7 @@ def test_lora_sbatch_run_with_bash_trains_as_a_local_job(tmp_path, tiny_qwen2, s
     assert (tmp_path / "out" / "training_complete.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_signal_outside_slurm_checkpoints_and_says_how_to_resume(tmp_path, tiny_qwen2, synthetic_dataset):
     schedule = ["--gradient-accumulation", 4, "--eval-steps", 5, "--max-steps", 60]
     args = lora_args(tmp_path, tiny_qwen2, synthetic_dataset, *schedule)

@@ -105,29 +105,6 @@ def train_args(cwd: Path, base, dataset, steps: int, eval_steps: int) -> list:
     ]
 
 
-def test_lora_job_trains_into_a_run_tagged_with_its_job_id_and_an_evaluate_job_scores_it(
-    tmp_path, tiny_qwen2, synthetic_dataset
-):
-    job = submit(tmp_path, "slurm/lora.sbatch", *train_args(tmp_path, tiny_qwen2, synthetic_dataset, 6, 6))
-    [record] = wait_finished(job)
-    log = log_of(tmp_path, "lora", job)
-    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log[-3000:]
-
-    client, run = only_run(tmp_path)
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["slurm_job_id"] == job
-    assert run.data.tags["method"] == "lora"
-    assert {"train_loss", "eval_loss", "best_eval_loss"} <= set(run.data.metrics)
-    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
-
-    evaluation = ["--model", tmp_path / "out", "--benchmark", "exact-match", "--data", synthetic_dataset]
-    evaluation += ["--limit", 4, "--max-new-tokens", 8, "--output-dir", tmp_path / "eval"]
-    job = submit(tmp_path, "slurm/evaluate.sbatch", *evaluation, experiment=False)
-    [record] = wait_finished(job)
-    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log_of(tmp_path, "evaluate", job)[-3000:]
-    assert "exact_match" in client.get_run(run.info.run_id).data.metrics  # logged beside the training run
-
-
 def preempt_and_resume(cwd: Path, name: str, job: str) -> tuple[int, str]:
     """Signal the running job once it has a checkpoint, start its requeued copy at once, wait for the end.
 
@@ -168,7 +145,11 @@ def steps(client, run, key: str) -> list[int]:
     return [m.step for m in client.get_metric_history(run.info.run_id, key)]
 
 
-def test_preempted_lora_job_requeues_and_resumes_into_the_same_run(tmp_path, tiny_qwen2, synthetic_dataset):
+def test_preempted_lora_job_requeues_resumes_into_its_run_and_an_evaluate_job_scores_it(
+    tmp_path, tiny_qwen2, synthetic_dataset
+):
+    """One LoRA job: tagged with its job id, preempted, requeued and resumed into the same run; then evaluate.sbatch
+    scores its adapter into that run."""
     args = train_args(tmp_path, tiny_qwen2, synthetic_dataset, PREEMPTED_RUN_STEPS, 10)
     job = submit(tmp_path, "slurm/lora.sbatch", *args)
     checkpoint_step, log = preempt_and_resume(tmp_path, "lora", job)
@@ -185,6 +166,15 @@ def test_preempted_lora_job_requeues_and_resumes_into_the_same_run(tmp_path, tin
     train_steps, eval_steps = steps(client, run, "train_loss"), steps(client, run, "eval_loss")
     assert train_steps == sorted(set(train_steps)) and train_steps[-1] == PREEMPTED_RUN_STEPS
     assert eval_steps == sorted(set(eval_steps)) and eval_steps[0] == 0 and eval_steps[-1] == PREEMPTED_RUN_STEPS
+    assert run.data.tags["method"] == "lora" and {"train_loss", "eval_loss", "best_eval_loss"} <= set(run.data.metrics)
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+    evaluation = ["--model", tmp_path / "out", "--benchmark", "exact-match", "--data", synthetic_dataset]
+    evaluation += ["--limit", 4, "--max-new-tokens", 8, "--output-dir", tmp_path / "eval"]
+    job = submit(tmp_path, "slurm/evaluate.sbatch", *evaluation, experiment=False)
+    [record] = wait_finished(job)
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), log_of(tmp_path, "evaluate", job)[-3000:]
+    assert "exact_match" in client.get_run(run.info.run_id).data.metrics  # logged beside the training run
 
 
 def test_fft_job_under_srun_and_torchrun_resumes_after_preemption(tmp_path, tiny_qwen2, synthetic_dataset):

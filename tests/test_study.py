@@ -55,12 +55,34 @@ def identity(run) -> tuple[str, float, int]:
     return run.data.tags["method"], float(run.data.tags["learning_rate"]), int(run.data.tags["seed"])
 
 
+def start_and_kill_after_first_child(tmp_path: Path, spec: Path, store: str) -> tuple[Path, int]:
+    """Run the study's driver until its first child finishes, then SIGKILL it; the finished child's marker and its
+    modification time."""
+    command = [sys.executable, str(REPO / "scripts/study.py"), "run", str(spec), "--output-dir", "study"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    driver = subprocess.Popen([*command, "--tracking-uri", store], cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"})
+    markers = tmp_path / "study" / "runs"
+    deadline = time.monotonic() + 300
+    while not list(markers.glob("*/*/*/training_complete.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    [first] = list(markers.glob("*/*/*/training_complete.json"))
+    return first, first.stat().st_mtime_ns
+
+
 def test_a_study_sweeps_selects_and_scores_each_method_at_its_own_rate(tmp_path, tiny_qwen2, synthetic_dataset):
+    """The driver is killed with SIGKILL after its first child ends; rerunning the same command finishes the study
+    without retraining that child or duplicating any, and everything below holds of the finished study."""
     methods = {"lora": {"learning_rates": [1e-3, 1e-2]}, "bitfit": {"learning_rates": [1e-3, 1e-1]}}
     spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, methods, seeds=[1, 2])
     store = f"sqlite:///{tmp_path}/mlflow.db"
+    first, first_written = start_and_kill_after_first_child(tmp_path, spec, store)
+    # No pause: the child in flight got SIGTERM when its driver died and may still be stopping; the rerun waits.
     result = run_script("scripts/study.py", "run", spec, "--output-dir", "study", "--tracking-uri", store, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert first.stat().st_mtime_ns == first_written, "a finished child is never retrained"
+    assert "1 already ended, 3 to train" in result.stderr
     client, parent, children = study_runs(store)
 
     assert parent.info.status == "FINISHED" and parent.data.tags["study"] == "tiny-study"
@@ -118,30 +140,3 @@ def test_a_study_sweeps_selects_and_scores_each_method_at_its_own_rate(tmp_path,
     status = run_script("scripts/study.py", "status", "--output-dir", "study", "--tracking-uri", store, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert status.stdout.count(" done ") == len(by_identity) and "0 failed" in status.stdout
-
-
-def test_a_killed_driver_is_finished_by_rerunning_it(tmp_path, tiny_qwen2, synthetic_dataset):
-    """SIGKILL after the first child ends; the rerun trains the rest and leaves exactly the grid of child runs."""
-    spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, {"lora": {"learning_rates": [1e-3, 1e-2]}}, [1])
-    store = f"sqlite:///{tmp_path}/mlflow.db"
-    command = [sys.executable, str(REPO / "scripts/study.py"), "run", str(spec), "--output-dir", "study"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    driver = subprocess.Popen([*command, "--tracking-uri", store], cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"})
-    markers = tmp_path / "study" / "runs"
-    deadline = time.monotonic() + 300
-    while not list(markers.glob("*/*/*/training_complete.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    [first] = list(markers.glob("*/*/*/training_complete.json"))
-    first_written = first.stat().st_mtime_ns
-    # No pause: the child in flight got SIGTERM when its driver died and may still be stopping; the rerun waits.
-
-    result = run_script("scripts/study.py", "run", spec, "--output-dir", "study", "--tracking-uri", store, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, parent, children = study_runs(store)
-    assert parent.info.status == "FINISHED"
-    assert sorted(identity(run) for run in children) == [("lora", 1e-3, 1), ("lora", 1e-2, 1)]
-    assert all(run.info.status == "FINISHED" for run in children)
-    assert first.stat().st_mtime_ns == first_written, "a finished child is never retrained"
-    assert "1 already ended, 1 to train" in result.stderr

@@ -1,5 +1,5 @@
 """docker/compose.yaml brought up for real: PostgreSQL and the MLflow server, the train service logging into them,
-basic auth, persistence across `down`/`up`, and `down -v` leaving nothing behind.
+persistence across `down`/`up` (the second `up` with basic auth), and `down -v` leaving nothing behind.
 
 The tests run in file order on one stack: each step builds on what the one before left.
 The GPU request of the train service is dropped by .ci/compose.no-gpu.yaml: this machine has no GPU.
@@ -100,19 +100,12 @@ def test_train_service_logs_a_finished_lora_run_to_the_server(compose, tmp_path)
     assert owners.stdout.split()[0] == "trainer", owners.stdout
 
 
-def test_runs_survive_down_and_up_on_kept_volumes(compose):
+def test_runs_survive_down_and_up_and_basic_auth_then_guards_them(compose, monkeypatch, tmp_path):
+    """One `down` and one `up`, the second with basic auth switched on: the run logged before is still there (kept
+    volumes), anonymous clients are refused, and the train service logs with the credentials compose hands it."""
     before = only_run(MlflowClient(compose.url), "containers")
     compose("down")
     assert service_health(compose) == {}
-    compose("up", "--detach", "--wait", "--wait-timeout=240", timeout=300)
-    after = only_run(MlflowClient(compose.url), "containers")
-    assert after.info.run_id == before.info.run_id
-    assert after.data.metrics == before.data.metrics
-
-
-def test_basic_auth_refuses_anonymous_clients_and_the_train_service_logs_with_its_credentials(
-    compose, monkeypatch, tmp_path
-):
     password = secrets.token_urlsafe(16)
     compose.configure(MLFLOW_AUTH="1", MLFLOW_ADMIN_PASSWORD=password, MLFLOW_SECRET_KEY=secrets.token_hex(32))
     compose("up", "--detach", "--wait", "--wait-timeout=240", timeout=300)
@@ -125,6 +118,9 @@ def test_basic_auth_refuses_anonymous_clients_and_the_train_service_logs_with_it
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
     client = MlflowClient(compose.url)
+    after = only_run(client, "containers")
+    assert after.info.run_id == before.info.run_id
+    assert after.data.metrics == before.data.metrics
     logged = only_run(client, "containers-auth")
     assert logged.info.status == RunStatus.to_string(RunStatus.FINISHED)
     assert logged.data.params["logged_by"] == "train service"

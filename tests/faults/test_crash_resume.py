@@ -12,8 +12,6 @@ import pytest
 
 from conftest import FAST, REPO, only_run, run_script
 
-pytestmark = pytest.mark.slow
-
 SCHEDULE = [*FAST, "--gradient-accumulation", 4, "--eval-steps", 5, "--max-steps", 30, "--no-system-metrics"]
 
 
@@ -27,6 +25,7 @@ def final_dev_loss(cwd) -> float:
     return client.get_metric_history(run.info.run_id, "eval_loss")[-1].value
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path, tiny_qwen2, synthetic_dataset):
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     straight.mkdir(), crashed.mkdir()

@@ -16,8 +16,6 @@ from transformers import Trainer
 from conftest import REPO, load_command, only_run
 from shared.train.failures import is_out_of_memory
 
-pytestmark = pytest.mark.slow
-
 # Enough for the interpreter, torch and the tiny model (about 2.6 GB of address space here), not for a batch of
 # every HumanEval record at 1024 tokens.
 ADDRESS_SPACE = 3000 * 2**20
@@ -29,6 +27,7 @@ def humaneval_records(path):
     return path
 
 
+@pytest.mark.slow
 def test_a_cpu_allocation_failure_names_the_step_the_batch_and_the_remedies(tmp_path, tiny_qwen2):
     """The real thing on CPU: the training process gets a bounded address space (RLIMIT_AS) and a batch too big
     for it."""
@@ -52,6 +51,7 @@ def test_a_cpu_allocation_failure_names_the_step_the_batch_and_the_remedies(tmp_
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_a_cuda_out_of_memory_error_takes_the_same_way_out(tmp_path, tiny_qwen2, synthetic_dataset, monkeypatch):
     """No GPU here, so the CUDA case is the same code reached by the error CUDA raises: torch.OutOfMemoryError from
     the first training step of a real full fine-tuning run (in this process, so the step can be replaced)."""

@@ -12,8 +12,6 @@ import pytest
 from conftest import FAST, REPO, only_run, run_script
 from shared.train.preemption import PREEMPTED_EXIT_CODE
 
-pytestmark = pytest.mark.slow
-
 # ~0.1 s a step on 2 cores: the job is still training when its first checkpoint (step 5) appears.
 SCHEDULE = [*FAST, "--gradient-accumulation", 4, "--eval-steps", 5, "--max-steps", 60]
 
@@ -36,8 +34,9 @@ def start_and_signal(cwd, args: list[str], signum: int) -> subprocess.CompletedP
     return subprocess.CompletedProcess(args, process.returncode, "", stderr)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_a_preempted_job_checkpoints_and_resumes_into_the_same_run(tmp_path, tiny_qwen2, synthetic_dataset, signum):
+def stop_with(tmp_path, tiny_qwen2, synthetic_dataset, signum) -> tuple[list[str], int]:
+    """Signal a training once it has a checkpoint; check that it checkpointed and exited resumable. Its command and
+    the step it stopped at."""
     out = tmp_path / "out"
     args = command(tiny_qwen2, synthetic_dataset, out)
     stopped = start_and_signal(tmp_path, args, signum)
@@ -48,6 +47,20 @@ def test_a_preempted_job_checkpoints_and_resumes_into_the_same_run(tmp_path, tin
     preempted_step = int(stopped.stderr.split("Preempted at step ")[1].split(":")[0])
     assert (out / f"checkpoint-{preempted_step}" / "trainer_state.json").is_file(), "checkpointed where it stopped"
     assert not (out / "training_complete.json").exists()
+    return args, preempted_step
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits_resumable(tmp_path, tiny_qwen2, synthetic_dataset):
+    """SIGTERM (what most schedulers send) takes the same way out as SIGUSR1, whose job is resumed below."""
+    _, preempted_step = stop_with(tmp_path, tiny_qwen2, synthetic_dataset, signal.SIGTERM)
+    assert preempted_step >= 5, "stopped at or after the first checkpoint the test waited for"
+
+
+@pytest.mark.slow
+def test_a_preempted_job_checkpoints_and_resumes_into_the_same_run(tmp_path, tiny_qwen2, synthetic_dataset):
+    out = tmp_path / "out"
+    args, preempted_step = stop_with(tmp_path, tiny_qwen2, synthetic_dataset, signal.SIGUSR1)
 
     resumed = run_script("methods/lora/train.py", *args[2:], "--resume", cwd=tmp_path,
                          env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})  # fmt: skip

@@ -16,6 +16,7 @@ def train(cwd, model, dataset, out, *flags, env=None):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_qwen2, synthetic_dataset):
     import torch
 
@@ -32,6 +33,7 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path, tiny_qwen2, synthet
     assert allowed.returncode == 0, allowed.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_code_shipped_with_a_model_never_runs_by_default(tmp_path, tiny_qwen2, synthetic_dataset):
     custom = shutil.copytree(tiny_qwen2, tmp_path / "custom")
     marker = tmp_path / "code-ran"

@@ -13,8 +13,6 @@ from conftest import FAST, REPO, run_script
 from mlflow_server import free_port, running_server
 from shared.track.outbox import OUTBOX_FILE
 
-pytestmark = pytest.mark.slow
-
 
 def test_an_unreachable_server_fails_the_job_in_seconds_before_loading(tmp_path, tiny_qwen2, synthetic_dataset):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -31,6 +29,7 @@ def test_an_unreachable_server_fails_the_job_in_seconds_before_loading(tmp_path,
     assert elapsed < 60, f"{elapsed:.0f} s: no minutes of retries"  # Python and torch imports take most of it
 
 
+@pytest.mark.slow
 def test_a_server_lost_mid_run_loses_nothing(tmp_path, tiny_qwen2, synthetic_dataset):
     root, out = tmp_path / "server", tmp_path / "out"
     root.mkdir()

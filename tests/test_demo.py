@@ -1,0 +1,45 @@
+"""README's main job, scripts/demo.sh, step by step in a scratch folder: its own training command, read from the
+script, with a shorter schedule; the full demo runs in CI as it ships."""
+
+import re
+import shlex
+
+from conftest import REPO, only_run, run_script
+
+
+def demo_training_command() -> list[str]:
+    """The `python methods/lora/train.py ...` line of demo.sh, its continuation lines joined, split as bash does."""
+    script = (REPO / "scripts/demo.sh").read_text().replace("\\\n", " ")
+    [line] = [line for line in script.splitlines() if line.startswith("python methods/lora/train.py")]
+    return shlex.split(re.sub(r'"[^"]*\$\(date[^"]*"', "OUT", line))[2:]
+
+
+def with_values(args: list[str], **values) -> list[str]:
+    """ARGS with each --flag named in VALUES (underscores for dashes) given that value instead."""
+    replaced = list(args)
+    for name, value in values.items():
+        replaced[replaced.index("--" + name.replace("_", "-")) + 1] = str(value)
+    return replaced
+
+
+def test_the_demo_trains_lora_on_the_bundled_humaneval_records(tmp_path, tiny_qwen2):
+    data = tmp_path / "humaneval.json"
+    prepared = run_script("scripts/prepare_data.py", "--format", "humaneval", "--output", data, cwd=tmp_path)
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+
+    args = demo_training_command()
+    assert "--experiment-name" in args and "--max-steps" in args, "demo.sh's training command was read"
+    out = tmp_path / "out"
+    args = with_values(
+        args, base_model=tiny_qwen2, dataset=data, output_dir=out, max_steps=4, eval_steps=2, experiment_name="tests"
+    )
+    trained = run_script("methods/lora/train.py", *args, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.tags["method"] == "lora"
+    assert run.data.params["dataset_rows"] == "164", "every HumanEval problem the package ships"
+    assert run.data.params["max_length"] == "512" and run.data.params["learning_rate"] == "0.01"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")]
+    assert steps == [0, 2, 4]
+    assert (out / "adapter_model.safetensors").is_file()
