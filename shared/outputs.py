@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "mlflow_run.json"  # the MLflow run that trains the folder: --resume and the evaluation find it there
 COMPLETION_MARKER = "training_complete.json"  # written when a training ends well
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a checkpoint is saved, rerun with --resume
 DEFAULT_MIN_FREE_GB = 1.0
 
 
@@ -110,3 +111,12 @@ class AlreadyComplete(click.exceptions.Exit):
     def __init__(self, output_dir: Path) -> None:
         click.echo(f"{output_dir} holds a finished training ({COMPLETION_MARKER}): nothing to do", err=True)
         super().__init__(0)
+
+
+class Preempted(click.exceptions.Exit):
+    """A job stopped on a signal after saving a checkpoint (shared.train.preemption); the folder holds a resumable
+    training and click exits with PREEMPTED_EXIT_CODE."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.step = step

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import FAST, REPO, only_run
-from shared.train.preemption import PREEMPTED_EXIT_CODE
+from shared.outputs import PREEMPTED_EXIT_CODE
 
 
 def local_env(cwd: Path) -> dict[str, str]:

@@ -26,11 +26,10 @@ from transformers import TrainerCallback
 from shared.data.batching import data_order_sha256
 from shared.logs import process_rank
 from shared.options import DEFAULT_EXPERIMENT
-from shared.outputs import RUN_FILE, read_run_id
+from shared.outputs import RUN_FILE, Preempted, read_run_id
 from shared.track.outbox import OUTBOX_FILE, MlflowOutbox
 from shared.track.reaping import heartbeat, process_tags
 from shared.track.redaction import redact_uri, scrub
-from shared.train.preemption import Preempted
 
 log = logging.getLogger(__name__)
 

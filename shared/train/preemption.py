@@ -9,21 +9,13 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import click
 from transformers import TrainerCallback
+
+from shared.outputs import PREEMPTED_EXIT_CODE, Preempted
 
 log = logging.getLogger(__name__)
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again later
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class Preempted(click.exceptions.Exit):
-    """The job stopped on a signal after saving a checkpoint; click exits with PREEMPTED_EXIT_CODE."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(PREEMPTED_EXIT_CODE)
-        self.step = step
 
 
 class PreemptionCallback(TrainerCallback):

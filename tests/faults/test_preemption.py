@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import FAST, REPO, only_run, run_script
-from shared.train.preemption import PREEMPTED_EXIT_CODE
+from shared.outputs import PREEMPTED_EXIT_CODE
 
 # ~0.1 s a step on 2 cores: the job is still training when its first checkpoint (step 5) appears.
 SCHEDULE = [*FAST, "--gradient-accumulation", 4, "--eval-steps", 5, "--max-steps", 60]
