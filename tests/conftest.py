@@ -1,27 +1,41 @@
-"""Session fixtures: tiny real-architecture models built once, a learnable synthetic task, a script runner."""
+"""Session fixtures: tiny real-architecture models built once, a learnable synthetic task, script runners."""
 
+import contextlib
 import importlib.util
+import io
 import json
+import logging
 import os
 import random
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import click
+import mlflow
 import pytest
 from mlflow import MlflowClient
+
+from shared.logs import FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
 # The tiny models' checkpoints take kilobytes: a small machine's /tmp must not trip the 1 GiB free-space floor.
 os.environ.setdefault("PEFT_WORKBENCH_MIN_FREE_GB", "0.05")
+# Read when huggingface_hub is imported: the scripts run in this process must never reach a hub either.
+os.environ["HF_HUB_OFFLINE"] = "1"
 DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def script_env(env: dict | None = None) -> dict[str, str]:
+    """This process's environment without MLflow settings (hermetic: no outside store), offline, plus ENV."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return {**inherited, "HF_HUB_OFFLINE": "1", **(env or {})}
 
 
 def run_script(script: str, *args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run one of the repo's scripts as a user would, in a fresh process."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # hermetic: no outside store
-    full_env = {**inherited, "HF_HUB_OFFLINE": "1", **(env or {})}
+    full_env = script_env(env)
     return subprocess.run(
         [sys.executable, str(REPO / script), *map(str, args)],
         cwd=cwd,
@@ -30,6 +44,46 @@ def run_script(script: str, *args, cwd: Path | None = None, env: dict | None = N
         text=True,
         timeout=600,
     )
+
+
+def run_in_process(script: str, *args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The script's click command run in this process, as run_script runs it in a fresh one: same environment and
+    working directory, its exit status, its output and log lines. For trainings whose process boundary is not what
+    a test is about: no second interpreter, no ~10 s of imports."""
+    command = load_command(script)
+    saved_env, saved_cwd = dict(os.environ), Path.cwd()
+    out, err = io.StringIO(), io.StringIO()
+    log_lines = logging.StreamHandler(err)
+    log_lines.setFormatter(logging.Formatter(FORMAT))
+    root = logging.getLogger()
+    saved_level = root.level
+    os.environ.clear()
+    os.environ.update(script_env(env))
+    mlflow.set_tracking_uri(None)  # resolved afresh from the environment, as a new process would
+    root.addHandler(log_lines)
+    root.setLevel(logging.INFO)
+    os.chdir(cwd or saved_cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                command.main([str(a) for a in args], prog_name=script)
+                code = 0
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+            finally:
+                while mlflow.active_run():  # a run the script left open would capture the next one's calls
+                    mlflow.end_run("FAILED")
+    finally:
+        os.chdir(saved_cwd)
+        root.removeHandler(log_lines)
+        root.setLevel(saved_level)
+        mlflow.set_tracking_uri(None)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def build_tiny_model(out_dir: Path, *args: str) -> Path:
@@ -84,8 +138,9 @@ def only_run(cwd: Path):
 
 
 def load_command(path: str) -> click.Command:
-    """The click command defined by a script of the repo, imported without running it."""
+    """The click command a script of the repo runs, imported without running it."""
     spec = importlib.util.spec_from_file_location(path.replace("/", "_"), REPO / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    commands = [value for value in vars(module).values() if isinstance(value, click.Command)]
+    return getattr(module, "main", None) or commands[0]  # merge.py runs the shared merge_command

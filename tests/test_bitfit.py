@@ -3,11 +3,11 @@
 import pytest
 from safetensors.torch import load_file
 
-from conftest import FAST, only_run, run_script
+from conftest import FAST, only_run, run_in_process
 
 
 def train_bitfit(cwd, base, dataset, *args):
-    return run_script(
+    return run_in_process(
         "methods/bitfit/train.py", "--experiment-name", "tests", *FAST, "--base-model", base,
         "--dataset", dataset, "--output-dir", cwd / "out", "--max-steps", 20, "--eval-steps", 10, *args, cwd=cwd,
     )  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import FAST, load_command, run_script
+from conftest import FAST, load_command, run_in_process, run_script
 from mlflow_server import mlflow_server  # noqa: F401
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +39,7 @@ def compared(tmp_path_factory, mlflow_server, tiny_qwen2, synthetic_dataset):  #
     timings = {}
     for method in METHODS:
         start = time.monotonic()
-        result = run_script(
+        result = run_in_process(
             f"methods/{method}/train.py", "--base-model", tiny_qwen2, "--dataset", synthetic_dataset,
             "--output-dir", cwd / method, "--tracking-uri", mlflow_server, "--experiment-name", "cmp",
             "--run-name", f"{method}-cmp", *FAST, "--max-steps", 6, "--eval-steps", 3, "--logging-steps", 3,

@@ -4,7 +4,7 @@ script, with a shorter schedule; the full demo runs in CI as it ships."""
 import re
 import shlex
 
-from conftest import REPO, only_run, run_script
+from conftest import REPO, only_run, run_in_process
 
 
 def demo_training_command() -> list[str]:
@@ -24,7 +24,7 @@ def with_values(args: list[str], **values) -> list[str]:
 
 def test_the_demo_trains_lora_on_the_bundled_humaneval_records(tmp_path, tiny_qwen2):
     data = tmp_path / "humaneval.json"
-    prepared = run_script("scripts/prepare_data.py", "--format", "humaneval", "--output", data, cwd=tmp_path)
+    prepared = run_in_process("scripts/prepare_data.py", "--format", "humaneval", "--output", data, cwd=tmp_path)
     assert prepared.returncode == 0, prepared.stderr[-3000:]
 
     args = demo_training_command()
@@ -33,7 +33,7 @@ def test_the_demo_trains_lora_on_the_bundled_humaneval_records(tmp_path, tiny_qw
     args = with_values(
         args, base_model=tiny_qwen2, dataset=data, output_dir=out, max_steps=4, eval_steps=2, experiment_name="tests"
     )
-    trained = run_script("methods/lora/train.py", *args, cwd=tmp_path)
+    trained = run_in_process("methods/lora/train.py", *args, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
 
     client, run = only_run(tmp_path)

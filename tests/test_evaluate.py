@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import DIGIT_WORDS, FAST, REPO, load_command, run_script, spelled_digits
+from conftest import DIGIT_WORDS, FAST, REPO, load_command, run_in_process, spelled_digits
 from shared.evaluate import generation
 from shared.evaluate.benchmarks import humaneval_tasks
 from shared.evaluate.generation import (
@@ -38,7 +38,7 @@ PARAPHRASE = REPO / "tests/data/paraphrase.json"
 
 
 def evaluate(*args, cwd: Path):
-    return run_script("scripts/evaluate.py", *args, cwd=cwd)
+    return run_in_process("scripts/evaluate.py", *args, cwd=cwd)
 
 
 def evaluate_here(*args, env: dict | None = None):
@@ -63,7 +63,7 @@ def lora(tmp_path_factory, tiny_qwen2, synthetic_dataset, store):
     """A LoRA adapter trained briefly on the spelled-digits task, its run in the store."""
     cwd = tmp_path_factory.mktemp("evaluate")
     uri = store
-    result = run_script(
+    result = run_in_process(
         "methods/lora/train.py", "--base-model", tiny_qwen2, "--dataset", synthetic_dataset,
         "--output-dir", cwd / "lora", *FAST, "--max-steps", 40, "--eval-steps", 20,
         "--tracking-uri", uri, "--experiment-name", "tests", "--no-system-metrics", cwd=cwd,
@@ -231,7 +231,7 @@ def test_an_adapter_that_changes_nothing_is_refused_before_scoring(tiny_qwen2, t
 def test_a_merged_model_scores_into_the_run_that_trained_its_adapter(lora, tiny_qwen2):
     """The GSD recipe: train, merge.py, evaluate the merged folder with no --run-id; compare.py sees the score."""
     merged = lora["cwd"] / "merged-cli"
-    result = run_script(
+    result = run_in_process(
         "methods/lora/merge.py", "--base-model", tiny_qwen2, "--lora-ckpt", lora["out"], "--output-dir", merged,
         cwd=lora["cwd"],
     )  # fmt: skip
@@ -250,7 +250,7 @@ def test_a_merged_model_scores_into_the_run_that_trained_its_adapter(lora, tiny_
     training = lora["client"].get_run(lora["run_id"])
     assert training.data.metrics["chrf"] == results["chrf"]
     assert training.data.tags["eval.exact-match.model"] == str(merged)
-    result = run_script(
+    result = run_in_process(
         "scripts/compare.py", "--experiment-name", "tests", "--tracking-uri", lora["uri"], "--metric", "chrf",
         "--output-dir", lora["cwd"] / "compare", cwd=lora["cwd"],
     )  # fmt: skip
@@ -267,7 +267,7 @@ def test_humaneval_with_metadata_prompts_the_model_as_prepare_data_trained_it(lo
     training input prepare_data.py --with-metadata wrote for that problem."""
     metadata = write(lora["cwd"] / "metadata.json", json.dumps(METADATA))
     prepared = lora["cwd"] / "humaneval-metadata.json"
-    result = run_script(
+    result = run_in_process(
         "scripts/prepare_data.py", "--format", "humaneval", "--with-metadata", metadata, "--split", "train[:3]",
         "--output", prepared, cwd=lora["cwd"],
     )  # fmt: skip

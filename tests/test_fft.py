@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import FAST, REPO, load_command, only_run, run_script
+from conftest import FAST, REPO, load_command, only_run, run_in_process
 
 SCRIPT = "methods/fft/train.py"
 # Few steps: the 2 cores are shared by both processes. One process with batch 16 sees what two processes with
@@ -56,7 +56,9 @@ def finished(cwd, result) -> dict:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, tiny_qwen2, synthetic_dataset):
     cwd = tmp_path_factory.mktemp("fft-single")
-    result = run_script(SCRIPT, *data_args(cwd, tiny_qwen2, synthetic_dataset), *SCHEDULE, "--batch-size", 16, cwd=cwd)
+    result = run_in_process(
+        SCRIPT, *data_args(cwd, tiny_qwen2, synthetic_dataset), *SCHEDULE, "--batch-size", 16, cwd=cwd
+    )
     return finished(cwd, result)
 
 
@@ -166,7 +168,7 @@ def test_resume_and_early_stopping_agree_across_ranks(tmp_path, tiny_qwen2, synt
     ],
 )
 def test_bad_flags_are_refused(tmp_path, tiny_qwen2, synthetic_dataset, flags, message):
-    result = run_script(SCRIPT, *data_args(tmp_path, tiny_qwen2, synthetic_dataset), *flags, cwd=tmp_path)
+    result = run_in_process(SCRIPT, *data_args(tmp_path, tiny_qwen2, synthetic_dataset), *flags, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
 

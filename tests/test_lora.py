@@ -15,12 +15,12 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import FAST, REPO, only_run, run_script
+from conftest import FAST, REPO, only_run, run_in_process
 from shared.data.records import file_sha256
 
 
 def train(cwd, *args, env=None):
-    return run_script("methods/lora/train.py", "--experiment-name", "tests", *FAST, *args, cwd=cwd, env=env)
+    return run_in_process("methods/lora/train.py", "--experiment-name", "tests", *FAST, *args, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def logits(model, tokens):
 @pytest.mark.slow
 def test_merged_model_matches_the_adapter(trained, tiny_qwen2, tmp_path):
     merged_dir = tmp_path / "merged"
-    result = run_script(
+    result = run_in_process(
         "methods/lora/merge.py", "--base-model", tiny_qwen2, "--lora-ckpt", trained["out"], "--output-dir", merged_dir
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -238,7 +238,7 @@ def test_a_run_that_dies_after_starting_is_failed(tmp_path, tiny_qwen2, syntheti
 def test_optimizer_schedule_and_dev_metrics_are_the_ones_asked_for(tmp_path, tiny_qwen2, synthetic_dataset):
     """The paraphrase source's settings (AdamW beta2 0.95, eps 1e-6, cosine, warm-up) with bitsandbytes' 8-bit
     AdamW: each reaches the optimizer and the schedule, and the dev set gets token accuracy and perplexity."""
-    result = run_script(
+    result = run_in_process(
         "methods/lora/train.py", "--experiment-name", "tests", "--base-model", tiny_qwen2,
         "--dataset", synthetic_dataset, "--output-dir", tmp_path / "out", "--batch-size", 32,
         "--gradient-accumulation", 1, "--learning-rate", 1e-2, "--max-steps", 20, "--eval-steps", 10,

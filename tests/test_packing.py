@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import FAST, only_run, run_script, spelled_digits
+from conftest import FAST, only_run, run_in_process, spelled_digits
 from shared.data.batching import batch_collator, tokenize_records
 
 RECORDS = [
@@ -38,7 +38,7 @@ def test_packed_loss_equals_padded_loss(request, arch, attention):
 
 
 def train(cwd, model, dataset, *flags):
-    return run_script(
+    return run_in_process(
         "methods/lora/train.py", "--experiment-name", "tests", *FAST, "--base-model", model, "--dataset", dataset,
         "--output-dir", cwd / "out", "--max-steps", 10, "--eval-steps", 10, "--logging-steps", 5,
         "--no-system-metrics", *flags, cwd=cwd,

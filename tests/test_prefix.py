@@ -7,11 +7,11 @@ import torch
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import FAST, only_run, run_script, spelled_digits
+from conftest import FAST, only_run, run_in_process, spelled_digits
 
 
 def train_prefix(cwd, base, dataset, *args):
-    return run_script(
+    return run_in_process(
         "methods/prefix/train.py", "--experiment-name", "tests", *FAST, "--base-model", base,
         "--dataset", dataset, "--output-dir", cwd / "out", *args, cwd=cwd,
     )  # fmt: skip
@@ -76,7 +76,7 @@ def test_evaluation_generates_from_the_trained_prefix_in_batches_and_one_by_one(
     completions = {}
     runs = (("base", tiny_qwen2, 8), ("prefix", trained["out"], 1), ("batched", trained["out"], 8))
     for name, model, batch_size in runs:
-        result = run_script(
+        result = run_in_process(
             "scripts/evaluate.py", "--model", model, "--benchmark", "exact-match", "--data", dev,
             "--max-new-tokens", 8, "--batch-size", batch_size, "--new-run", "--experiment-name", "evals",
             "--output-dir", tmp_path / name, cwd=trained["out"].parent,  # the training run's store

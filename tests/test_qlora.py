@@ -5,11 +5,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from conftest import FAST, load_command, only_run, run_script
+from conftest import FAST, load_command, only_run, run_in_process
 
 
 def train_qlora(cwd, *args):
-    return run_script("methods/qlora/train.py", "--experiment-name", "tests", *FAST, *args, cwd=cwd)
+    return run_in_process("methods/qlora/train.py", "--experiment-name", "tests", *FAST, *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_the_base_really_is_4bit(tiny_qwen2):
 
 @pytest.mark.slow
 def test_merge_equals_the_adapter_on_the_unquantized_base(trained, tiny_qwen2, tmp_path):
-    result = run_script(
+    result = run_in_process(
         "methods/qlora/merge.py",
         "--base-model",
         tiny_qwen2,

@@ -251,7 +251,12 @@ def test_a_killed_training_is_reaped_a_live_one_is_not_and_the_reaped_one_resume
         alive_id = json.loads((alive_out / "mlflow_run.json").read_text())["run_id"]
         assert client.get_run(killed_id).info.status == "RUNNING", "SIGKILL leaves no chance to end the run"
         beat = client.get_run(alive_id).data.tags["heartbeat"]
-        wait_for_tag(client, alive_id, "heartbeat", lambda value: value != beat, timeout=30)
+        try:
+            wait_for_tag(client, alive_id, "heartbeat", lambda value: value != beat, timeout=30)
+        except AssertionError as err:
+            state = "still runs" if alive.poll() is None else f"ended with {alive.returncode}"
+            log = (tmp_path / f"{alive_out.name}.log").read_text()[-3000:]
+            raise AssertionError(f"{err}; the live job {state}, its log ends:\n{log}") from err
 
         result = run_script("scripts/runs.py", "reap", "--experiment-name", "tests", "--tracking-uri", store)
         assert result.returncode == 0, result.stderr[-3000:]

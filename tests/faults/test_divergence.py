@@ -5,13 +5,13 @@ import math
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from conftest import FAST, only_run, run_script
+from conftest import FAST, only_run, run_in_process
 from shared.train.stopping import Diverged, DivergenceGuard
 
 
 @pytest.mark.slow
 def test_a_diverging_job_stops_failed_before_checkpointing_the_damage(tmp_path, tiny_qwen2, synthetic_dataset):
-    result = run_script(
+    result = run_in_process(
         "methods/lora/train.py", "--base-model", tiny_qwen2, "--dataset", synthetic_dataset,
         "--output-dir", tmp_path / "out", "--experiment-name", "tests", *FAST, "--learning-rate", 1e30,
         "--logging-steps", 2, "--eval-steps", 2, "--max-steps", 10, "--no-system-metrics", cwd=tmp_path,
@@ -83,7 +83,7 @@ def test_a_dev_loss_far_above_the_step_0_one_twice_in_a_row_stops_the_run():
 def test_a_training_driven_to_a_constant_output_ends_failed(tmp_path, tiny_qwen2, synthetic_dataset):
     """A learning rate of 1e8 drives the tiny model to a constant output, with a zero gradient from then on: the
     run must end FAILED naming what was seen, not FINISHED with a dead adapter saved as its result."""
-    result = run_script(
+    result = run_in_process(
         "methods/lora/train.py", "--base-model", tiny_qwen2, "--dataset", synthetic_dataset,
         "--output-dir", tmp_path / "out", "--experiment-name", "tests", *FAST, "--learning-rate", 1e8,
         "--logging-steps", 2, "--eval-steps", 4, "--max-steps", 40, "--no-system-metrics", cwd=tmp_path,
