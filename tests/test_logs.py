@@ -1,6 +1,7 @@
 """shared/logs.py: a real method script's log without the library notices that hold nothing to act on.
 (One line per message under torchrun: tests/test_fft.py, on its DeepSpeed run.)"""
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, REPO, only_run, run_script
+from shared.logs import process_rank, quiet_library_noise
 
 AVX512BF16 = {"PYTHONPATH": str(Path(__file__).resolve().parent / "avx512bf16")}
 BNB_NOTICE = "Failed to load CPU gemm_4bit_forward"
@@ -33,3 +35,20 @@ def test_a_method_that_never_quantizes_logs_no_bitsandbytes_notice(tmp_path, tin
     assert BNB_NOTICE not in result.stderr + result.stdout
     assert "INFO shared.train.checks: Held out" in result.stderr, "the script's own INFO lines still show"
     assert only_run(tmp_path)[1].info.status == "FINISHED"
+
+
+def test_the_known_notices_are_dropped_and_every_other_line_kept(caplog):
+    quiet_library_noise()
+    deepspeed = logging.getLogger("DeepSpeed")
+    with caplog.at_level(logging.INFO, logger="DeepSpeed"):
+        deepspeed.info("Setting ds_accelerator to cpu (auto detect)")
+        deepspeed.info("Setting accelerator to cpu")
+        deepspeed.warning("Setting the stage: ZeRO-3 found no parameters to shard")
+    assert [r.getMessage() for r in caplog.records] == ["Setting the stage: ZeRO-3 found no parameters to shard"]
+
+
+def test_the_rank_comes_from_the_launcher_and_is_0_without_one(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert process_rank() == 0
+    monkeypatch.setenv("RANK", "3")
+    assert process_rank() == 3

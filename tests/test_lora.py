@@ -138,7 +138,6 @@ def logits(model, tokens):
         return model(tokens).logits
 
 
-@pytest.mark.slow
 def test_merged_model_matches_the_adapter(trained, tiny_qwen2, tmp_path):
     merged_dir = tmp_path / "merged"
     result = run_in_process(
