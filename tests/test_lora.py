@@ -233,7 +233,6 @@ def test_a_run_that_dies_after_starting_is_failed(tmp_path, tiny_qwen2, syntheti
     assert run.info.status == "FAILED"
 
 
-@pytest.mark.slow
 def test_optimizer_schedule_and_dev_metrics_are_the_ones_asked_for(tmp_path, tiny_qwen2, synthetic_dataset):
     """The paraphrase source's settings (AdamW beta2 0.95, eps 1e-6, cosine, warm-up) with bitsandbytes' 8-bit
     AdamW: each reaches the optimizer and the schedule, and the dev set gets token accuracy and perplexity."""
