@@ -6,7 +6,6 @@ CI keeps it warm by caching that folder (or pointing TORCH_EXTENSIONS_DIR at a c
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import FAST, REPO, load_command, only_run, run_in_process
+from conftest import FAST, REPO, load_command, only_run, run_in_process, script_env
 
 SCRIPT = "methods/fft/train.py"
 # Few steps: the 2 cores are shared by both processes. One process with batch 16 sees what two processes with
@@ -33,12 +32,11 @@ def data_args(cwd, base, dataset) -> list:
 
 def torchrun(cwd, *args) -> subprocess.CompletedProcess:
     """The script under `torchrun --nproc_per_node 2`, as hermetic as conftest's run_script."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", REPO / SCRIPT]
     return subprocess.run(
         [*map(str, command), *map(str, args)],
         cwd=cwd,
-        env={**env, "HF_HUB_OFFLINE": "1"},
+        env=script_env(),
         capture_output=True,
         text=True,
         timeout=600,

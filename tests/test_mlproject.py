@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, only_run, run_script, spelled_digits
+from conftest import REPO, only_run, run_script, script_env, spelled_digits
 from shared.data import sources
 
 ENTRY_POINTS = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
@@ -163,14 +163,13 @@ def parse_one(param: click.Parameter, value: str):
 
 def mlflow_run(cwd: Path, entry: str, params: dict, *options: str) -> subprocess.CompletedProcess:
     """`mlflow run REPO -e ENTRY -P k=v ...` as a user types it, into the sqlite store at CWD/mlflow.db."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env = {
-        **inherited,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db",
-        "HF_HUB_OFFLINE": "1",
-        # The entry point runs `python`: this interpreter's environment, as an activated one would give.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
+    env = script_env(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db",
+            # The entry point runs `python`: this interpreter's environment, as an activated one would give.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+    )
     command = [sys.executable, "-m", "mlflow", "run", REPO, "-e", entry, "--env-manager", "local", *options]
     command += [f"-P{k}={v}" for k, v in params.items()]
     return subprocess.run(list(map(str, command)), cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from conftest import FAST, REPO, load_command, run_script
+from conftest import FAST, REPO, load_command, run_script, script_env
 from mlflow_server import free_port, mlflow_server  # noqa: F401
 from shared.track.reaping import HeartbeatSettingError, boot_id, heartbeat, process_start_ticks, process_tags
 
@@ -212,8 +212,7 @@ def training_args(model, dataset, out, steps: int) -> list:
 def start_training(cwd, model, dataset, out, steps: int, env=None) -> subprocess.Popen:
     args = training_args(model, dataset, out, steps)
     command = [sys.executable, str(REPO / "methods/lora/train.py"), *map(str, args)]
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env = {**inherited, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "HF_HUB_OFFLINE": "1", **(env or {})}
+    env = script_env({"MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", **(env or {})})
     with (cwd / f"{out.name}.log").open("w") as log:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
 

