@@ -142,5 +142,5 @@ def load_command(path: str) -> click.Command:
     spec = importlib.util.spec_from_file_location(path.replace("/", "_"), REPO / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    commands = [value for value in vars(module).values() if isinstance(value, click.Command)]
-    return getattr(module, "main", None) or commands[0]  # merge.py runs the shared merge_command
+    # merge.py has no main of its own: it runs the shared merge_command.
+    return getattr(module, "main", None) or next(v for v in vars(module).values() if isinstance(v, click.Command))
