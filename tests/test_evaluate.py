@@ -38,11 +38,13 @@ PARAPHRASE = REPO / "tests/data/paraphrase.json"
 
 
 def evaluate(*args, cwd: Path):
+    """evaluate.py as a user runs it from CWD (run_in_process: hermetic environment, its log lines in stderr)."""
     return run_in_process("scripts/evaluate.py", *args, cwd=cwd)
 
 
 def evaluate_here(*args, env: dict | None = None):
-    """The command run in this process: for completions, which load no model, it saves a second interpreter."""
+    """The command under click's runner, in this test's environment: for tests that read click's result (the exit
+    code, the output, the exception raised)."""
     return CliRunner().invoke(load_command("scripts/evaluate.py"), [str(a) for a in args], env=env)
 
 
