@@ -24,7 +24,7 @@ SCHEDULERS = (
 
 _COMMON_OPTIONS = [
     # I/O
-    click.option("--base-model", required=True, help="Hugging Face model id or local model folder."),
+    click.option("--base-model", required=True, help="Local model folder, a .gguf file, or a Hugging Face model id."),
     click.option(
         "--dataset",
         required=True,
@@ -55,7 +55,7 @@ _COMMON_OPTIONS = [
     click.option(
         "--cache-dir",
         type=click.Path(file_okay=False, path_type=Path),
-        help="Hugging Face cache folder for the base model.",
+        help="Hugging Face cache folder for the base model (and a .gguf base model's converted folder).",
     ),
     click.option(
         "--energy-log",

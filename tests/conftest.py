@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -24,6 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PEFT_WORKBENCH_MIN_FREE_GB", "0.05")
 # Read when huggingface_hub is imported: the scripts run in this process must never reach a hub either.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# GGUF files are converted into this cache: a test's conversions stay out of the user's ~/.cache.
+os.environ["PEFT_WORKBENCH_CACHE"] = tempfile.mkdtemp(prefix="workbench-cache-")
 DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
 
 

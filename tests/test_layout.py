@@ -17,6 +17,7 @@ LIGHT = (
     "shared.logs",
     "shared.options",
     "shared.outputs",
+    "shared.model_source",
     "shared.train.job",
     "shared.train.checks",
     "shared.data.records",

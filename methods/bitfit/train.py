@@ -21,11 +21,11 @@ def trainable(name: str, patterns: list[re.Pattern]) -> bool:
 def require_something_trainable(flags: dict) -> None:
     """Refuse, before any run starts, a model with no bias terms when no pattern names what to train."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(
-        flags["base_model"], cache_dir=flags["cache_dir"], trust_remote_code=flags["trust_remote_code"]
-    )
+    from shared.model.loading import load_config
+
+    config = load_config(flags)
     with torch.device("meta"):  # parameter names only: no weights are read or allocated
         names = [name for name, _ in AutoModelForCausalLM.from_config(config).named_parameters()]
     patterns = [re.compile(p) for p in flags["trainable_pattern"]]

@@ -3,7 +3,9 @@
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from shared.model.gguf import model_folder
 
 log = logging.getLogger(__name__)
 
@@ -17,9 +19,20 @@ def weights_dtype(flags: dict) -> torch.dtype:
     return torch.float32
 
 
+def base_model_folder(flags: dict) -> str:
+    """What --base-model loads from: the folder or hub id itself, or a GGUF file's converted folder."""
+    return model_folder(flags["base_model"], flags["cache_dir"])
+
+
+def load_config(flags: dict):
+    return AutoConfig.from_pretrained(
+        base_model_folder(flags), cache_dir=flags["cache_dir"], trust_remote_code=flags["trust_remote_code"]
+    )
+
+
 def load_tokenizer(flags: dict):
     tokenizer = AutoTokenizer.from_pretrained(
-        flags["base_model"], cache_dir=flags["cache_dir"], trust_remote_code=flags["trust_remote_code"]
+        base_model_folder(flags), cache_dir=flags["cache_dir"], trust_remote_code=flags["trust_remote_code"]
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -32,7 +45,7 @@ def load_base_model(flags: dict, **kwargs) -> PreTrainedModel:
     log.info("Loading base model %s", flags["base_model"])
     kwargs.setdefault("dtype", weights_dtype(flags))
     model = AutoModelForCausalLM.from_pretrained(
-        flags["base_model"],
+        base_model_folder(flags),
         cache_dir=flags["cache_dir"],
         trust_remote_code=flags["trust_remote_code"],
         attn_implementation=flags["attention"],

@@ -14,6 +14,8 @@ import click
 
 from shared.cli import Command
 from shared.logs import setup_logging
+from shared.model.gguf import model_folder
+from shared.model_source import check_model_source
 from shared.outputs import RUN_FILE
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache
         raise click.UsageError(f"{adapter_dir} holds no adapter_config.json: is it a training output directory?")
     if output_dir.exists() and any(output_dir.iterdir()):
         raise click.UsageError(f"{output_dir} is not empty: choose another --output-dir")
+    check_model_source(base_model)
     merged_from = provenance(base_model, adapter_dir)
 
     import torch
@@ -67,7 +70,7 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache
     setup_logging()
     log.info("Loading base model %s in %s", base_model, dtype)
     model = AutoModelForCausalLM.from_pretrained(
-        base_model, cache_dir=cache_dir, dtype=getattr(torch, dtype), use_safetensors=True
+        model_folder(base_model, cache_dir), cache_dir=cache_dir, dtype=getattr(torch, dtype), use_safetensors=True
     )
     log.info("Applying the adapter from %s and merging it", adapter_dir)
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
@@ -84,7 +87,9 @@ def merge_adapter(base_model: str, adapter_dir: Path, output_dir: Path, *, cache
 
 
 @click.command(cls=Command)
-@click.option("--base-model", required=True, help="The base model the adapter was trained on (hub id or folder).")
+@click.option(
+    "--base-model", required=True, help="The base model the adapter was trained on (folder, .gguf file or hub id)."
+)
 @click.option(
     "--lora-ckpt",
     required=True,

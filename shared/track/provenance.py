@@ -72,12 +72,16 @@ def _git() -> dict[str, str]:
 
 
 def model_revision(base_model: str, config) -> str:
-    """The hub commit the base model was loaded at, or for a local folder the sha256 of its config and weights."""
+    """The hub commit the base model was loaded at; for a local folder the sha256 of its config and weights, for a
+    GGUF file that of the file."""
     folder = Path(base_model)
-    if not folder.is_dir():
+    if folder.is_file():
+        files = [folder]
+    elif folder.is_dir():
+        files = sorted({path for pattern in MODEL_FILES for path in folder.glob(pattern)})
+    else:
         return getattr(config, "_commit_hash", None) or "unknown"
     digest = hashlib.sha256()
-    files = sorted({path for pattern in MODEL_FILES for path in folder.glob(pattern)})
     for path in files:
         digest.update(path.name.encode() + b"\0")
         with path.open("rb") as stream:

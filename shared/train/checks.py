@@ -1,7 +1,9 @@
 """Every check that a user's input to a training can fail, in about a second and before the MLflow run starts:
-flags, the output directory, the base model folder, the data (file, record, field), the tracking server.
+flags, the output directory, the base model (folder, GGUF file or hub id), the data (file, record, field), the
+tracking server.
 
-Light on purpose: nothing here imports torch, transformers, PEFT or MLflow.
+Light on purpose: nothing here imports torch, transformers, PEFT or MLflow (a GGUF file's check asks transformers
+which architectures it reads: a second more, for a model that takes far longer to load).
 """
 
 import importlib.util
@@ -17,6 +19,7 @@ import click
 from shared.data.records import file_sha256, read_records, split_off_dev
 from shared.data.sources import preparation_params
 from shared.logs import process_rank
+from shared.model_source import check_model_source
 from shared.outputs import check_output_dir, schedule
 from shared.track.redaction import redact_uri
 
@@ -30,7 +33,7 @@ class CheckedInputs:
     checkpoint: str | None  # the checkpoint --resume continues from; None: training starts at step 0
     train_records: list[dict]
     dev_records: list[dict]
-    data_params: dict  # what identifies the data in MLflow
+    data_params: dict  # what identifies the data (and a GGUF base model's source) in MLflow
 
 
 def check_inputs(flags: dict) -> CheckedInputs:
@@ -38,13 +41,13 @@ def check_inputs(flags: dict) -> CheckedInputs:
     checkpoint = check_output_dir(flags["output_dir"], flags["resume"], schedule(flags))
     check_precision(flags)
     check_schedule(flags)
-    check_base_model(flags)
+    model_params = check_model_source(flags["base_model"])
     check_weights_format(flags)
     check_attention(flags)
     if process_rank() == 0:  # only rank 0 talks to MLflow
         check_tracking_server(flags["tracking_uri"])
     train_records, dev_records, data_params = load_records(flags)
-    return CheckedInputs(checkpoint, train_records, dev_records, data_params)
+    return CheckedInputs(checkpoint, train_records, dev_records, {**data_params, **model_params})
 
 
 def cuda_available() -> bool:
@@ -101,15 +104,6 @@ def dev_overlap(train: list[dict], dev: list[dict]) -> dict[str, int]:
             overlap["dev_overlap_prompts"],
         )
     return overlap
-
-
-def check_base_model(flags: dict) -> None:
-    """Refuse a --base-model that names a local folder without a model in it (a hub id passes: it loads later)."""
-    folder = Path(flags["base_model"])
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        raise click.UsageError(f"--base-model {folder} holds no config.json: it is not a model folder")
-    if not folder.exists() and flags["base_model"].startswith(("/", "./", "../", "~")):
-        raise click.UsageError(f"--base-model {folder}: no such folder")
 
 
 def check_weights_format(flags: dict) -> None:
