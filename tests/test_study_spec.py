@@ -22,7 +22,7 @@ def write_spec(folder: Path, **changes) -> Path:
         "evaluation": {"benchmark": "humaneval", "k": [1], "max_new_tokens": 8},
         "flags": {"max_steps": 4, "batch_size": 2, "packing": False},
         "methods": {"lora": {"learning_rates": [1e-3, 1e-2], "flags": {"lora_r": 4}}, "bitfit": None},
-        "seeds": [1, 2],
+        "seeds": [2, 3],
     }
     for key, value in changes.items():
         if value is None:
@@ -43,7 +43,36 @@ def test_a_good_spec_becomes_each_scripts_own_flags(tmp_path):
     assert bitfit.arguments == ("--max-steps", "4", "--batch-size", "2", "--no-packing")
     assert lora.launcher == (sys.executable,)
     assert spec.evaluation == ("--benchmark", "humaneval", "--k", "1", "--max-new-tokens", "8")
-    assert (spec.sweep_seeds, spec.seeds, spec.experiment_name) == ((1,), (1, 2), "tiny")
+    assert (spec.sweep_seeds, spec.seeds, spec.experiment_name) == ((1,), (2, 3), "tiny")
+
+
+def test_numbers_written_as_yaml_1_1_strings_are_the_numbers_a_person_means(tmp_path):
+    """YAML 1.1 reads 3e-3 (no dot) as a string: in a grid, a seed list or a flag it is still the number."""
+    (tmp_path / "train.json").write_text(json.dumps([{"input": "a", "output": "b"}]))
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"name: tiny\nbase_model: models/tiny\ndataset: {tmp_path / 'train.json'}\n"
+        "evaluation: {benchmark: humaneval, max_new_tokens: 8e0}\n"
+        "flags: {max_steps: 1e1, weight_decay: 1e-2, warmup_steps: 2.0}\n"
+        "methods: {lora: {learning_rates: [3e-3, 3e-2]}}\n"
+        "seeds: [2e0, '3']\n"
+    )
+    raw = yaml.safe_load(path.read_text())
+    assert raw["methods"]["lora"]["learning_rates"] == ["3e-3", "3e-2"] and raw["flags"]["max_steps"] == "1e1"
+    spec = load_spec(path)
+    assert spec.methods["lora"].learning_rates == (3e-3, 3e-2)
+    assert spec.methods["lora"].arguments == ("--max-steps", "10", "--weight-decay", "1e-2", "--warmup-steps", "2")
+    assert spec.evaluation == ("--benchmark", "humaneval", "--max-new-tokens", "8")
+    assert spec.seeds == (2, 3)
+
+
+def test_final_seeds_are_drawn_apart_from_the_sweep_seeds_unless_reuse_is_asked_for(tmp_path):
+    assert load_spec(write_spec(tmp_path, seeds=None, sweep_seeds=[1, 3])).seeds == (2, 4, 5)
+    assert load_spec(write_spec(tmp_path, seeds=None)).seeds == (2, 3, 4)
+    with pytest.raises(SpecError, match="seeds: shares 1 with sweep_seeds: a final at a sweep seed reuses the sweep's"):
+        load_spec(write_spec(tmp_path, seeds=[1, 2]))
+    reused = load_spec(write_spec(tmp_path, seeds=[1, 2], reuse_sweep_seeds=True))
+    assert (reused.sweep_seeds, reused.seeds) == ((1,), (1, 2))
 
 
 @pytest.mark.parametrize(
@@ -65,7 +94,13 @@ def test_a_good_spec_becomes_each_scripts_own_flags(tmp_path):
         ({"dataset": ["missing.json"]}, "dataset[0]: missing.json is not a file"),
         ({"dataset": [{"path": "a.json"}]}, "dataset[0]: required: expected a non-empty string"),
         ({"name": None}, "name: required"),
-        ({"seeds": [1, 1]}, "seeds: expected distinct integer seeds"),
+        ({"seeds": [2, 2]}, "seeds: expected distinct integer seeds"),
+        ({"seeds": [2, "two"]}, "seeds: expected distinct integer seeds"),
+        ({"seeds": [2, 2.5]}, "seeds: expected distinct integer seeds"),
+        ({"reuse_sweep_seeds": "yes"}, "reuse_sweep_seeds: expected true or false"),
+        ({"methods": {"lora": {"learning_rates": ["3e-3", "fast"]}}}, "methods.lora.learning_rates: every learning"),
+        ({"methods": {"lora": {"learning_rates": ["nan"]}}}, "methods.lora.learning_rates: every learning rate"),
+        ({"methods": {"lora": {"learning_rates": [1e-3, "1e-3"]}}}, "methods.lora.learning_rates: a learning rate is"),
         ({"evaluation": {"k": [1]}}, "evaluation.benchmark: required"),
         ({"evaluation": {"benchmark": "mmlu"}}, "evaluation.benchmark: Invalid value for '--benchmark': 'mmlu'"),
         ({"evaluation": {"benchmark": "humaneval", "model": "x"}}, "evaluation.model: set by the study"),
@@ -116,4 +151,5 @@ def test_the_shipped_example_spec_is_valid(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "humaneval.json").write_text(json.dumps([{"input": "a", "output": "b"}]))
     spec = load_spec(REPO / "studies" / "tiny-example.yaml")
-    assert set(spec.methods) == {"lora", "bitfit"} and spec.seeds == (1, 2) and spec.benchmark == "humaneval"
+    assert set(spec.methods) == {"lora", "bitfit"} and spec.benchmark == "humaneval"
+    assert not set(spec.seeds) & set(spec.sweep_seeds), "the example reuses no sweep winner as a final"

@@ -2,10 +2,12 @@
 
 Every flag a spec sets is checked by the click command of the script that will receive it (the method's
 `train.py`, or `scripts/evaluate.py`), so a spec accepts exactly what the command line accepts, and an error names
-the spec key. Paths in a spec are relative to the directory the study runs from, as on the command line.
+the spec key. Paths in a spec are relative to the directory the study runs from, as on the command line. A number
+may be written as a string: YAML 1.1 reads `3e-3` (no dot) as one.
 """
 
 import importlib.util
+import math
 import os
 import shlex
 import sys
@@ -39,8 +41,9 @@ STUDY_EVALUATION_FLAGS = (
 )  # fmt: skip
 TOP_KEYS = {
     "name", "base_model", "dataset", "dev_dataset", "evaluation", "flags", "methods", "sweep_seeds", "seeds",
-    "experiment_name", "description",
+    "experiment_name", "description", "reuse_sweep_seeds",
 }  # fmt: skip
+FINAL_SEEDS = 3  # the finals' seeds when the spec lists none: the first integers that are not sweep seeds
 METHOD_KEYS = {"learning_rates", "flags", "launcher"}
 
 
@@ -70,7 +73,7 @@ class StudySpec:
     experiment_name: str
     methods: dict[str, MethodPlan]
     sweep_seeds: tuple[int, ...]
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # disjoint from sweep_seeds unless reuse_sweep_seeds
     evaluation: tuple[str, ...]  # scripts/evaluate.py flags
     benchmark: str
     raw: dict = field(default_factory=dict, compare=False)
@@ -115,6 +118,7 @@ def load_spec(path: Path) -> StudySpec:
     evaluation_arguments = _arguments(
         where, "evaluation", load_command(REPO / "scripts" / "evaluate.py"), evaluation, STUDY_EVALUATION_FLAGS
     )
+    sweep_seeds, seeds = _seeds(where, raw)
     return StudySpec(
         path=Path(path),
         name=name,
@@ -123,12 +127,32 @@ def load_spec(path: Path) -> StudySpec:
         dev_dataset=dev_dataset,
         experiment_name=where.text(raw, "experiment_name", default=name),
         methods=plans,
-        sweep_seeds=where.seeds(raw, "sweep_seeds", default=(1,)),
-        seeds=where.seeds(raw, "seeds", default=(1, 2, 3)),
+        sweep_seeds=sweep_seeds,
+        seeds=seeds,
         evaluation=tuple(evaluation_arguments),
         benchmark=str(evaluation["benchmark"]),
         raw=raw,
     )
+
+
+def _seeds(where: "_Where", raw: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The sweep's seeds and the finals': disjoint unless the spec asks to reuse sweep seeds. A final at a sweep
+    seed would be the sweep's winner itself, whose dev loss is low partly by the luck that made it win."""
+    reuse = raw.get("reuse_sweep_seeds", False)
+    if not isinstance(reuse, bool):
+        raise where.error("reuse_sweep_seeds", f"expected true or false, got {reuse!r}")
+    sweep_seeds = where.seeds(raw, "sweep_seeds", default=(1,))
+    unused = (seed for seed in range(1, len(sweep_seeds) + FINAL_SEEDS + 1) if seed not in sweep_seeds)
+    seeds = where.seeds(raw, "seeds", default=tuple(unused)[:FINAL_SEEDS])
+    shared = sorted(set(seeds) & set(sweep_seeds))
+    if shared and not reuse:
+        raise where.error(
+            "seeds",
+            f"shares {', '.join(map(str, shared))} with sweep_seeds: a final at a sweep seed reuses the sweep's "
+            "winner, whose dev loss is biased low by the luck that made it win; list other seeds, or set "
+            "reuse_sweep_seeds: true to reuse it anyway",
+        )
+    return sweep_seeds, seeds
 
 
 def _method_plan(where: "_Where", method: Any, settings: Any, common: dict) -> MethodPlan:
@@ -144,8 +168,10 @@ def _method_plan(where: "_Where", method: Any, settings: Any, common: dict) -> M
     rates = settings.get("learning_rates", DEFAULT_LEARNING_RATES[method])
     if not isinstance(rates, list | tuple) or not rates:
         raise where.error(f"{key}.learning_rates", "expected a non-empty list of learning rates")
-    if not all(isinstance(rate, int | float) and not isinstance(rate, bool) and rate > 0 for rate in rates):
+    values = [_number(rate) for rate in rates]
+    if not all(value is not None and value > 0 for value in values):
         raise where.error(f"{key}.learning_rates", f"every learning rate must be a number above 0, got {rates}")
+    rates = values
     if len(set(rates)) != len(rates):
         raise where.error(f"{key}.learning_rates", f"a learning rate is listed twice: {rates}")
     own = where.mapping(settings, "flags", prefix=f"{key}.")
@@ -155,9 +181,18 @@ def _method_plan(where: "_Where", method: Any, settings: Any, common: dict) -> M
     launcher = settings.get("launcher")
     if launcher is not None and (not isinstance(launcher, str) or not launcher.strip()):
         raise where.error(f"{key}.launcher", "expected a command such as 'torchrun --nproc_per_node 2'")
-    return MethodPlan(
-        method, tuple(float(rate) for rate in rates), tuple(arguments), tuple(shlex.split(launcher or sys.executable))
-    )
+    return MethodPlan(method, tuple(rates), tuple(arguments), tuple(shlex.split(launcher or sys.executable)))
+
+
+def _number(value: Any) -> float | None:
+    """A finite number, also when written as a string ("3e-3", which YAML 1.1 reads as one); None otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        value = float(value)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _arguments(
@@ -190,13 +225,22 @@ def _option_arguments(where: "_Where", key: str, param: click.Option, value: Any
         raise where.error(key, f"expected a list, got {value!r}")
     arguments = []
     for item in values:
-        text = ",".join(map(str, item)) if isinstance(item, list) else str(item)  # e.g. evaluation k: [1, 10]
+        text = ",".join(map(str, item)) if isinstance(item, list) else _text(param, item)  # evaluation k: [1, 10]
         try:
             param.type_cast_value(context, text)
         except click.BadParameter as err:
             raise where.error(key, err.format_message()) from None
         arguments += [param.opts[0], text]
     return arguments
+
+
+def _text(param: click.Option, value: Any) -> str:
+    """A value as the option reads it; a whole number written as 1.0e+3 or "1e3" is the integer an integer
+    option wants."""
+    whole = _number(value)
+    if isinstance(param.type, click.types.IntParamType) and whole is not None and whole.is_integer():
+        return str(int(whole))
+    return str(value)
 
 
 class _Where:
@@ -245,8 +289,7 @@ class _Where:
         value = raw.get(key, list(default))
         if not isinstance(value, list) or not value:
             raise self.error(key, "expected a non-empty list of integer seeds")
-        if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in value) or len(set(value)) < len(
-            value
-        ):
+        seeds = [_number(seed) for seed in value]
+        if not all(seed is not None and seed.is_integer() for seed in seeds) or len(set(seeds)) < len(seeds):
             raise self.error(key, f"expected distinct integer seeds, got {value}")
-        return tuple(value)
+        return tuple(int(seed) for seed in seeds)
