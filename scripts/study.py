@@ -69,13 +69,14 @@ def run(spec: Path, output_dir: Path, launcher: str, parallel: int, sbatch_args:
                 folder=output_dir / "slurm",
                 sbatch_args=shlex.split(sbatch_args),
             )
-        chosen = study.run(launch)
-    click.echo("Chosen learning rates: " + ", ".join(f"{m} {r:g}" for m, r in chosen.items()))
-    click.echo(f"Study {plan.name}: MLflow run {study.parent_id}")
-    usage = resource.getrusage(resource.RUSAGE_SELF)  # the driver itself, not the jobs it waited for
-    seconds, jobs = usage.ru_utime + usage.ru_stime, max(study.jobs_run, 1)
-    click.echo(f"Driver: {seconds:.1f} s of CPU for {study.jobs_run} jobs ({seconds / jobs:.2f} s each)")
-    _report(output_dir, tracking_uri)
+        with study.outcome():  # the parent run ends as this command does, the report included
+            chosen = study.run(launch)
+            click.echo("Chosen learning rates: " + ", ".join(f"{m} {r:g}" for m, r in chosen.items()))
+            click.echo(f"Study {plan.name}: MLflow run {study.parent_id}")
+            usage = resource.getrusage(resource.RUSAGE_SELF)  # the driver itself, not the jobs it waited for
+            seconds, jobs = usage.ru_utime + usage.ru_stime, max(study.jobs_run, 1)
+            click.echo(f"Driver: {seconds:.1f} s of CPU for {study.jobs_run} jobs ({seconds / jobs:.2f} s each)")
+            _report(output_dir, tracking_uri)
 
 
 @main.command()
@@ -97,7 +98,7 @@ def _report(output_dir: Path, tracking_uri: str | None) -> None:
 @TRACKING_URI
 def status(output_dir: Path, tracking_uri: str | None) -> None:
     """Each child of the study in --output-dir: phase, state, best dev loss, score."""
-    from shared.study.driver import read_summary
+    from shared.study.driver import read_summary, study_link
 
     rows = read_summary(output_dir, tracking_uri)
     click.echo(f"{'child':<32} {'phase':<6} {'final':<6} {'state':<12} {'best dev loss':>13}  score")
@@ -107,6 +108,7 @@ def status(output_dir: Path, tracking_uri: str | None) -> None:
         click.echo(f"{row['child']:<32} {row['phase']:<6} {row['final']:<6} {row['state']:<12} {loss:>13}  {score}")
     counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "running", "interrupted", "pending")}
     click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    click.echo(f"In MLflow: {study_link(output_dir, tracking_uri)}")
 
 
 if __name__ == "__main__":

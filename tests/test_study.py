@@ -1,5 +1,6 @@
 """scripts/study.py end to end on the tiny model: sweep, selection, finals over seeds, evaluation, one MLflow study;
-and a driver killed with SIGKILL that a rerun finishes without retraining or duplicating a child."""
+a driver killed with SIGKILL that a rerun finishes without retraining or duplicating a child; a study whose data
+its children refuse stops after the first, failed."""
 
 import csv
 import json
@@ -24,7 +25,7 @@ COMMON_FLAGS = {
 }  # fmt: skip
 
 
-def write_study(folder: Path, model: Path, train: Path, methods: dict, seeds: list[int]) -> Path:
+def write_study(folder: Path, model: Path, train: Path, methods: dict, seeds: list[int], **more) -> Path:
     (folder / "dev.json").write_text(json.dumps(spelled_digits(16, seed=5)))
     (folder / "benchmark.json").write_text(json.dumps(spelled_digits(4, seed=9)))
     spec = {
@@ -37,6 +38,7 @@ def write_study(folder: Path, model: Path, train: Path, methods: dict, seeds: li
         "methods": methods,
         "sweep_seeds": [1],
         "seeds": seeds,
+        **more,
     }
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -74,7 +76,8 @@ def test_a_study_sweeps_selects_and_scores_each_method_at_its_own_rate(tmp_path,
     """The driver is killed with SIGKILL after its first child ends; rerunning the same command finishes the study
     without retraining that child or duplicating any, and everything below holds of the finished study."""
     methods = {"lora": {"learning_rates": [1e-3, 1e-2]}, "bitfit": {"learning_rates": [1e-3, 1e-1]}}
-    spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, methods, seeds=[1, 2])
+    # Reusing the sweep winner as the seed-1 final saves a training per method here; a study's default draws apart.
+    spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, methods, seeds=[1, 2], reuse_sweep_seeds=True)
     store = f"sqlite:///{tmp_path}/mlflow.db"
     first, first_written = start_and_kill_after_first_child(tmp_path, spec, store)
     # No pause: the child in flight got SIGTERM when its driver died and may still be stopping; the rerun waits.
@@ -83,6 +86,8 @@ def test_a_study_sweeps_selects_and_scores_each_method_at_its_own_rate(tmp_path,
     assert first.stat().st_mtime_ns == first_written, "a finished child is never retrained"
     assert "1 already ended, 3 to train" in result.stderr
     client, parent, children = study_runs(store)
+    link = f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}?workflowType=machine_learning"
+    assert f"FINISHED; its runs in MLflow: `mlflow ui --backend-store-uri {store}`, then {link}" in result.stderr
 
     assert parent.info.status == "FINISHED" and parent.data.tags["study"] == "tiny-study"
     grid = {(m, r, 1) for m, plan in methods.items() for r in plan["learning_rates"]}
@@ -139,3 +144,22 @@ def test_a_study_sweeps_selects_and_scores_each_method_at_its_own_rate(tmp_path,
     status = run_script("scripts/study.py", "status", "--output-dir", "study", "--tracking-uri", store, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert status.stdout.count(" done ") == len(by_identity) and "0 failed" in status.stdout
+
+
+def test_a_study_whose_data_its_children_refuse_stops_after_the_first_and_fails(tmp_path, tiny_qwen2):
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps([*spelled_digits(8, seed=3), {"input": "one two"}]))  # the last has no output
+    spec = write_study(tmp_path, tiny_qwen2, train, {"lora": {"learning_rates": [1e-3, 1e-2]}}, seeds=[2])
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_script("scripts/study.py", "run", spec, "--output-dir", "study", "--tracking-uri", store, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    refused = f"lora-lr0.001-seed1 was refused before it trained: {train}: record 8: field 'output' is missing"
+    assert refused in result.stderr
+    _, parent, children = study_runs(store)
+    assert parent.info.status == "FAILED", "the parent ends as the command did"
+    statuses = {run.info.run_name: run.info.status for run in children}
+    assert statuses == {"lora-lr0.001-seed1": "FAILED", "lora-lr0.01-seed1": "SCHEDULED"}, "one child ran"
+    status = run_script("scripts/study.py", "status", "--output-dir", "study", "--tracking-uri", store, cwd=tmp_path)
+    assert "0 done, 1 failed, 0 running, 0 interrupted, 1 pending" in status.stdout
+    link = f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}?workflowType=machine_learning"
+    assert link in status.stdout

@@ -11,7 +11,10 @@ from pathlib import Path
 from shared.outputs import COMPLETION_MARKER
 
 OUTCOME_TAG = "study_outcome"  # "failed": a training that ended badly is a result, never retried
+REFUSED_TAG = "study_refused"  # "true": failed because its inputs were refused before it trained; a rerun retries
+ERROR_TAG = "study_error"
 EVAL_OUTCOME_TAG = "study_eval_outcome"
+ENDED = ("done", "failed")
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,21 @@ class Child:
 
 def state(child: Child, run, study_dir: Path) -> str:
     """pending (not started), done, failed, running, or interrupted (a run that stopped short: it resumes)."""
+    if run is not None and run.data.tags.get(OUTCOME_TAG) == "failed":
+        return "failed"
     if run is None or run.info.status == "SCHEDULED":
         return "pending"
-    if run.data.tags.get(OUTCOME_TAG) == "failed":
-        return "failed"
     status = run.info.status
     if status == "FINISHED" and (child.output_dir(study_dir) / COMPLETION_MARKER).is_file():
         return "done"
     if status == "RUNNING":
         return "running"
     return "interrupted"
+
+
+def refused(run) -> bool:
+    """Whether the child failed before it trained because its inputs were refused: a rerun tries it again."""
+    return run is not None and run.data.tags.get(REFUSED_TAG) == "true"
 
 
 def best_dev_loss(run) -> float:

@@ -2,7 +2,8 @@
 
 The driver keeps no state a crash could lose. Rerunning the same command finds the study's parent run (by its
 output directory), the children it already has (nested runs tagged with method, learning rate and seed), skips
-what is done, resumes what stopped short (`--resume`, into the same run) and starts what is missing.
+what is done, resumes what stopped short (`--resume`, into the same run) and starts what is missing. The parent run
+ends as the command does: FINISHED, KILLED (children stopped short: a rerun resumes them) or FAILED.
 """
 
 import hashlib
@@ -12,7 +13,8 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -20,27 +22,42 @@ from mlflow import MlflowClient
 from mlflow.entities import RunTag
 from tqdm import tqdm
 
-from shared.outputs import RUN_FILE
+from shared.outputs import PREEMPTED_EXIT_CODE, RUN_FILE
 from shared.study.children import (
+    ENDED,
+    ERROR_TAG,
     EVAL_OUTCOME_TAG,
     OUTCOME_TAG,
+    REFUSED_TAG,
     Child,
     best_dev_loss,
+    refused,
     state,
 )
-from shared.study.launchers import Job
+from shared.study.launchers import Job, OnEnd
 from shared.study.spec import REPO, StudySpec
 from shared.track.reaping import DEFAULT_STALE_AFTER_SECONDS, reap_runs
+from shared.track.ui_link import where_to_look
 
 log = logging.getLogger(__name__)
 
 STUDY_TAG, DIR_TAG, ROLE_TAG = "study", "study_output_dir", "study_role"
 SETTLE_TIMEOUT_SECONDS, SETTLE_POLL_SECONDS = 300, 2.0
-Launch = Callable[[list[Job], str, Callable[[Job, int], None]], None]  # jobs, phase, called as each job ends
+Launch = Callable[[list[Job], str, OnEnd], None]  # jobs, phase, called as each job ends
 
 
 class StudyError(click.ClickException):
     """A study that cannot go on as asked."""
+
+
+class ChildRefused(StudyError):
+    """A child ended before it trained: its inputs, which every child shares, were refused."""
+
+
+class StudyIncomplete(StudyError):
+    """Children stopped before they ended (preempted): rerunning the same command resumes them."""
+
+    exit_code = PREEMPTED_EXIT_CODE  # as a preempted training's: resumable
 
 
 class Study:
@@ -68,18 +85,37 @@ class Study:
 
     # the phases
     def run(self, launch: Launch) -> dict[str, float]:
-        """Every phase in order; returns the chosen learning rate of each method that has one."""
-        try:
-            self.settle()
-            self.train(self.sweep(), "sweep", launch)
-            chosen = self.select()
-            self.train(self.finals(chosen), "final", launch)
-            self.evaluate(self.finals(chosen), launch)
-        except BaseException:
-            self.client.set_terminated(self.parent_id, "FAILED")
-            raise
-        self.client.set_terminated(self.parent_id, "FINISHED")
+        """Every phase in order; returns the chosen learning rate of each method that has one. Run it inside
+        `outcome()`; a child stopped short (preempted) raises StudyIncomplete once the rest is done."""
+        self.settle()
+        self.train(self.sweep(), "sweep", launch)
+        chosen = self.select()
+        self.train(self.finals(chosen), "final", launch)
+        self.evaluate(self.finals(chosen), launch)
+        runs = self.child_runs()
+        unended = [c.name for c in self.sweep() + self.finals(chosen) if state(c, runs.get(c), self.dir) not in ENDED]
+        if unended:
+            raise StudyIncomplete(
+                f"{len(unended)} children stopped before they ended ({', '.join(unended)}): rerun the same command "
+                "to resume them; methods whose sweep is among them get their learning rate then"
+            )
         return chosen
+
+    @contextmanager
+    def outcome(self) -> Iterator[None]:
+        """The parent run ends as the block does (FINISHED; KILLED for StudyIncomplete; FAILED for any other
+        error), and the closing line says where to see the runs."""
+        status = "FAILED"
+        try:
+            yield
+            status = "FINISHED"
+        except StudyIncomplete:
+            status = "KILLED"
+            raise
+        finally:
+            self.client.set_terminated(self.parent_id, status)
+            link = where_to_look(self.client.tracking_uri, self.experiment_id)
+            log.info("Study %s: parent run %s %s; its runs in MLflow: %s", self.spec.name, self.parent_id, status, link)
 
     def settle(self) -> None:
         """Before anything is decided: children an earlier driver left RUNNING with their process gone are marked
@@ -106,33 +142,51 @@ class Study:
             for child in children:
                 if child in runs:  # a sweep child at the chosen rate is also a final child: reused, not retrained
                     self.client.set_tag(runs[child].info.run_id, "final", "true")
-        todo = [child for child in children if state(child, runs.get(child), self.dir) not in ("done", "failed")]
+        todo = [
+            child
+            for child in children
+            if state(child, runs.get(child), self.dir) not in ENDED or refused(runs.get(child))
+        ]
         done = len(children) - len(todo)
         log.info("%s: %d children, %d already ended, %d to train", phase, len(children), done, len(todo))
         jobs = [self._training_job(child, runs.get(child), phase) for child in todo]
         self._launch(jobs, phase, launch, lambda job, code: self._record_training(job, code))
 
     def select(self) -> dict[str, float]:
-        """Per method, the learning rate with the lowest mean best dev loss over the sweep seeds (failed: worst)."""
+        """Per method, the learning rate with the lowest mean best dev loss over the sweep seeds (failed: worst),
+        chosen once every sweep child of the method has ended (done or failed) and final once logged."""
         runs = self.child_runs()
+        logged = self.client.get_run(self.parent_id).data.params
         chosen = {}
         for plan in self.spec.methods.values():
+            sweep = [Child(plan.name, rate, seed) for rate in plan.learning_rates for seed in self.spec.sweep_seeds]
+            unended = [child.name for child in sweep if state(child, runs.get(child), self.dir) not in ENDED]
+            if unended:  # a stopped child is no failure: it resumes, and may yet win
+                log.warning("%s: no learning rate chosen while %s has not ended", plan.name, ", ".join(unended))
+                continue
             means = {
                 rate: sum(best_dev_loss(runs.get(Child(plan.name, rate, seed))) for seed in self.spec.sweep_seeds)
                 / len(self.spec.sweep_seeds)
                 for rate in plan.learning_rates
             }
             rate = min(plan.learning_rates, key=lambda r: means[r])  # ties: the first in the grid
+            key = f"learning_rate.{plan.name}"
+            if key in logged:  # its finals may have trained: a new choice would pool two rates as one method
+                chosen[plan.name] = float(logged[key])
+                if chosen[plan.name] != rate:
+                    log.warning(
+                        "%s: the sweep now favours %g, but %s was chosen earlier and stays chosen; to choose again, "
+                        "run the study into a new --output-dir",
+                        plan.name, rate, logged[key],
+                    )  # fmt: skip
+                continue
             if math.isinf(means[rate]):
                 log.warning("%s: every sweep child failed, so it has no learning rate and no final runs", plan.name)
                 self.client.set_tag(self.parent_id, f"no_usable_rate.{plan.name}", "every sweep child failed")
                 continue
+            self.client.log_param(self.parent_id, key, f"{rate:g}")
             chosen[plan.name] = rate
             log.info("%s: learning rate %g chosen (mean best dev loss %.4f)", plan.name, rate, means[rate])
-        existing = self.client.get_run(self.parent_id).data.params
-        for method, rate in chosen.items():
-            if f"learning_rate.{method}" not in existing:
-                self.client.log_param(self.parent_id, f"learning_rate.{method}", f"{rate:g}")
         return chosen
 
     def evaluate(self, finals: list[Child], launch: Launch) -> None:
@@ -202,6 +256,10 @@ class Study:
         ]  # fmt: skip
         if self.spec.dev_dataset:
             arguments += ["--dev-dataset", str(self.spec.dev_dataset)]
+        if refused(run):  # refused last time: tried again from the start, its failure forgotten
+            for tag in (OUTCOME_TAG, REFUSED_TAG, ERROR_TAG):
+                self.client.delete_tag(run.info.run_id, tag)
+            self.client.update_run(run.info.run_id, "SCHEDULED")
         if run is not None and _has_checkpoint(output):
             arguments.append("--resume")
         elif output.exists():  # stopped before its first checkpoint: nothing to keep, it starts over in its run
@@ -224,37 +282,53 @@ class Study:
             environment["MLFLOW_TRACKING_URI"] = self.tracking_uri
         return environment
 
-    def _launch(self, jobs: list[Job], phase: str, launch: Launch, record: Callable[[Job, int], None]) -> None:
+    def _launch(self, jobs: list[Job], phase: str, launch: Launch, record: Callable[[Job, int], bool]) -> None:
+        """Launch the jobs, recording each as it ends; the first child refused stops the launch and the study."""
         if not jobs:
             return
         self.jobs_run += len(jobs)
-        failed = 0
+        failed, refusal = 0, None
         with tqdm(total=len(jobs), desc=phase, unit="run") as bar:
 
-            def ended(job: Job, code: int) -> None:
-                nonlocal failed
-                failed += not record(job, code)
+            def ended(job: Job, code: int) -> bool:
+                nonlocal failed, refusal
+                try:
+                    failed += not record(job, code)
+                except ChildRefused as err:
+                    failed, refusal = failed + 1, refusal or err
                 bar.update(1)
                 bar.set_postfix(failed=failed)
+                return refusal is None
 
             launch(jobs, phase, ended)
+        if refusal:
+            raise refusal
 
     def _child_of(self, job: Job):
         return next((child, run) for child, run in self.child_runs().items() if child.name == job.name)
 
     def _record_training(self, job: Job, code: int) -> bool:
-        """What a training job achieved, from its run and folder; a failure is tagged so no rerun retries it."""
+        """What a training job achieved, from its run and folder. A failure ends its run FAILED, tagged with the
+        reason so that no rerun retries it; a child that never started its run (its checks refused the inputs)
+        raises ChildRefused."""
         child, run = self._child_of(job)
         if state(child, run, self.dir) == "done":
             return True
-        if run.info.status == "KILLED" or code == 75:
+        if run.info.status == "KILLED" or code == PREEMPTED_EXIT_CODE:
             log.warning("%s was stopped (preempted); a rerun resumes it", job.name)
             return False
         reason = _last_error(job.log_file)
-        self.client.set_tag(run.info.run_id, OUTCOME_TAG, "failed")
-        self.client.set_tag(run.info.run_id, "study_error", reason[:4000])
-        if run.info.status == "RUNNING":  # the process died without ending its run
+        never_started = run.info.status == "SCHEDULED"
+        tags = {OUTCOME_TAG: "failed", ERROR_TAG: reason[:4000], **({REFUSED_TAG: "true"} if never_started else {})}
+        self.client.log_batch(run.info.run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        if run.info.status in ("SCHEDULED", "RUNNING"):  # refused before it started, or died without ending its run
             self.client.set_terminated(run.info.run_id, "FAILED")
+        if never_started:
+            raise ChildRefused(
+                f"{job.name} was refused before it trained: {reason.removeprefix('Error: ')} (log: {job.log_file}). "
+                "Every child shares the spec's base model, data and flags, so the study stops here: fix them and "
+                "rerun the same command"
+            )
         log.warning("%s failed (exit %s): %s; see %s", job.name, code, reason, job.log_file)
         return False
 
@@ -275,6 +349,8 @@ def _has_checkpoint(output: Path) -> bool:
 
 def _last_error(log_file: Path) -> str:
     """What a failed job said last: its "Error: ..." line (a refused input), else its last line (a traceback's)."""
+    if not log_file.is_file():
+        return f"it wrote no log at {log_file}"
     lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
     return next((line for line in reversed(lines) if line.startswith("Error:")), lines[-1] if lines else "no output")
 
@@ -292,6 +368,12 @@ def find_parent(client: MlflowClient, study_dir: Path):
     if not parents:
         raise StudyError(f"no study ran in {study_dir} (at this tracking URI)")
     return parents[0]
+
+
+def study_link(output_dir: Path, tracking_uri: str | None) -> str:
+    """Where to see the runs of the study run in `output_dir` (shared.track.ui_link)."""
+    client = MlflowClient(tracking_uri)
+    return where_to_look(client.tracking_uri, find_parent(client, output_dir.resolve()).info.experiment_id)
 
 
 def read_summary(output_dir: Path, tracking_uri: str | None) -> list[dict]:

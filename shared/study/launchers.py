@@ -2,7 +2,8 @@
 per batch through slurm/study-job.sbatch (preemption and requeue as every other wrapper).
 
 A job is a command line and the environment it adds; the launcher only starts jobs and waits for them. What a job
-achieved is read back from MLflow and its folder by the driver, never from the launcher.
+achieved is read back from MLflow and its folder by the driver, never from the launcher; the driver's answer as a
+job ends says whether to go on.
 """
 
 import ctypes
@@ -35,6 +36,9 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
 
 
+OnEnd = Callable[[Job, int], bool]  # called as a job ends, with its exit code; False: start no more jobs
+
+
 def _die_with_the_driver() -> None:
     # A job outliving a killed driver would train on while a rerun starts it again: SIGTERM makes the trainer
     # checkpoint and stop (exit 75, run KILLED), and the rerun resumes it.
@@ -53,8 +57,9 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(listed.splitlines()) if line.startswith("GPU ")]
 
 
-def run_local(jobs: list[Job], phase: str, on_end: Callable[[Job, int], None], *, parallel: int) -> None:
-    """Run the jobs, `parallel` at once; `on_end(job, exit_code)` as each one ends."""
+def run_local(jobs: list[Job], phase: str, on_end: OnEnd, *, parallel: int) -> None:
+    """Run the jobs, `parallel` at once; `on_end(job, exit_code)` as each one ends. Once it answers False, no job
+    starts and those still running are stopped as a dying driver stops them (SIGTERM), without `on_end`."""
     gpus = visible_gpus()
     free_slots = list(range(parallel))
     running: dict[subprocess.Popen, tuple[Job, int, object]] = {}
@@ -73,26 +78,38 @@ def run_local(jobs: list[Job], phase: str, on_end: Callable[[Job, int], None], *
             )
             running[process] = (job, slot, output)
         time.sleep(POLL_SECONDS)
+        go_on = True
         for process in [p for p in running if p.poll() is not None]:
             job, slot, output = running.pop(process)
             output.close()
             free_slots.append(slot)
-            on_end(job, process.returncode)
+            go_on = on_end(job, process.returncode) and go_on
+        if not go_on:
+            _stop(running)
+            return
+
+
+def _stop(running: dict[subprocess.Popen, tuple[Job, int, object]]) -> None:
+    """SIGTERM to every running job (a training checkpoints and ends resumable), then wait for them all."""
+    for process in running:
+        process.terminate()
+    for process, (job, _, output) in running.items():
+        process.wait()
+        output.close()
+        log.info("Stopped %s", job.name)
 
 
 class SlurmError(click.ClickException):
     """sbatch refused the study's array job, or is not there."""
 
 
-def run_slurm(
-    jobs: list[Job], phase: str, on_end: Callable[[Job, int], None], *, parallel: int, folder: Path, sbatch_args: list
-) -> None:
+def run_slurm(jobs: list[Job], phase: str, on_end: OnEnd, *, parallel: int, folder: Path, sbatch_args: list) -> None:
     """Submit the jobs as one array job (at most `parallel` tasks at once) and wait until every task has ended.
 
     Each line of the batch file is one task's command; slurm/study-job.sbatch runs line SLURM_ARRAY_TASK_ID, from
     the directory the study runs in. An array job of an earlier driver that is still queued or running is waited
     for first, so that a rerun never starts a training twice. Exit codes are not read back (the driver reads each
-    job's outcome from MLflow): `on_end` gets -1.
+    job's outcome from MLflow): `on_end` gets -1, for every job, since every task has run by then.
     """
     folder.mkdir(parents=True, exist_ok=True)
     _wait_for_earlier_arrays(folder)
