@@ -22,7 +22,6 @@ from shared.track.energy import (
     SOURCE,
     EnergyMeter,
     EnergyReport,
-    joules_per_1k_tokens,
     sum_reports,
 )
 
@@ -606,12 +605,6 @@ def node_report(joules, cpu_joules, seconds, series, source=SOURCE, reason=None)
     report = EnergyReport(joules is not None, source if joules else None, joules, seconds, devices, reason)
     report.cpu_joules, report.power_samples = cpu_joules, series
     return report
-
-
-def test_joules_per_1k_tokens():
-    assert joules_per_1k_tokens(node_report(252.5, None, 1.0, []), 5050) == pytest.approx(50.0)
-    assert joules_per_1k_tokens(node_report(252.5, None, 1.0, []), 0) is None
-    assert joules_per_1k_tokens(node_report(None, None, 1.0, [], reason="no GPU"), 1000) is None
 
 
 def test_avg_power_is_joules_over_seconds():

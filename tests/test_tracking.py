@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import time
 
 import click
 import mlflow
@@ -11,6 +12,7 @@ from mlflow import MlflowClient
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from shared.outputs import RUN_FILE, read_run_id
+from shared.track.costs import Costs, RunCosts
 from shared.track.energy import EnergyReport
 from shared.track.mlflow_run import (
     MlflowMetricsCallback,
@@ -104,20 +106,24 @@ def test_metrics_get_stable_names_throughput_and_memory(store, tmp_path):
         TrainerControl(),
     )
     with open_run(store, tmp_path / "out") as outbox:
-        callback = MlflowMetricsCallback(outbox)
-        callback.on_train_begin(args, state, control)
+        costs = RunCosts(lambda: None, Costs(peak_memory_mb=1e9))  # an earlier segment peaked higher
+        callback = MlflowMetricsCallback(outbox, costs)
+        for hook in (costs, callback):
+            hook.on_train_begin(args, state, control)
+        time.sleep(0.01)
         state.global_step, state.num_input_tokens_seen = 10, 5000
-        callback.on_step_end(args, state, control)
+        for hook in (costs, callback):
+            hook.on_step_end(args, state, control)
         step_log = {"loss": 2.5, "grad_norm": 1.0, "learning_rate": 1e-4, "epoch": 0.5, "train_runtime": 9.0}
         callback.on_log(args, state, control, logs=step_log)
         callback.on_log(args, state, control, logs={"eval_loss": 2.4, "epoch": 0.5})
         callback.on_log(args, state, control, logs={"train_loss": 2.6, "train_runtime": 12.0, "epoch": 1.0})
     metrics = MlflowClient(store).get_run(outbox.run_id).data.metrics
-    assert metrics["train_loss"] == 2.5 and metrics["eval_loss"] == 2.4
-    assert metrics["train_loss_mean"] == 2.6 and metrics["train_runtime"] == 12.0
+    assert metrics["train_loss"] == 2.5 and metrics["eval_loss"] == 2.4 and metrics["train_loss_mean"] == 2.6
     assert "loss" not in metrics
-    assert metrics["tokens_per_second"] > 0
-    assert metrics["peak_memory_mb"] > 10
+    assert "train_runtime" not in metrics, "this job's runtime alone; the loop logs the run's over every segment"
+    assert metrics["tokens_per_second"] == pytest.approx(5000 / costs.step_seconds)
+    assert metrics["peak_memory_mb"] == 1e9, "the run's peak so far, an earlier segment's included"
 
 
 def launched_run(store, monkeypatch, **settings) -> str:
@@ -220,11 +226,13 @@ def test_measured_energy_becomes_metrics_and_a_power_series(store, tmp_path):
     with open_run(store, out) as outbox:
         (out / "adapter_config.json").write_text("{}")
         energy.write(out / "energy.json")
-        log_training_outputs(outbox, out, energy, best_eval_loss=1.5, runtime=4.0, tokens=30_000)
+        costs = RunCosts(lambda: None).total(4.0, energy)
+        log_training_outputs(outbox, out, energy, costs, best_eval_loss=1.5, tokens=30_000, final_step=10)
     client, run_id = MlflowClient(store), outbox.run_id
     metrics = client.get_run(run_id).data.metrics
     assert metrics["energy_joules"] == 600.0 and metrics["avg_power_watts"] == 150.0
     assert metrics["joules_per_1k_tokens"] == 20.0 and metrics["cpu_energy_joules"] == 80.0
+    assert metrics["train_runtime"] == 4.0
     series = [(m.step, m.value) for m in client.get_metric_history(run_id, "gpu_power_watts")]
     assert sorted(series) == [(0, 140.0), (2, 160.0), (4, 150.0)]
     assert {a.path for a in client.list_artifacts(run_id)} >= {"energy.json", "model"}

@@ -1,5 +1,5 @@
 """Tracking: the MLflow run of a training (`mlflow_run`), its outbox for a lost server, reaping of killed runs,
-provenance, credential redaction, and the energy meter whose numbers the run records.
+provenance, credential redaction, the energy meter, and the costs a run records over all its segments (`costs`).
 
 `redaction` is light (a training's checks use it). Nothing here imports training, evaluation or the study.
 """

@@ -60,13 +60,6 @@ class EnergyUnavailable(Exception):
     """Why this machine cannot report GPU energy."""
 
 
-def joules_per_1k_tokens(report: EnergyReport, tokens: int) -> float | None:
-    """GPU joules per thousand tokens; None when the energy is unknown or no token was processed."""
-    if report.joules is None or not tokens:
-        return None
-    return report.joules * 1000 / tokens
-
-
 def _visible_handles(nvml) -> list:
     """NVML handles of the GPUs this process may use, honouring CUDA_VISIBLE_DEVICES (indices or UUIDs)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -186,21 +179,35 @@ class EnergyMeter:
 
     def stop(self) -> EnergyReport:
         self._stop_sampler()
+        report = self._report()
+        if report.reason and self._reason is None:
+            self._reason = report.reason = f"NVML error at the final reading: {report.reason}"
+        if self._nvml is not None:
+            self._shutdown()
+        report.power_samples = self._power
+        return report
+
+    def reading(self) -> EnergyReport:
+        """The energy since start(), the meter running on (what a checkpoint records), without the power series; a
+        failed reading leaves the meter as it was."""
+        with self._lock:
+            self._rapl.poll()
+            return self._report()
+
+    def _report(self) -> EnergyReport:
         seconds = self._now()
-        report = None
-        if self._reason is None:
+        reason = self._reason
+        if reason is None:
             try:
                 devices = [self._device_entry(i, gpu) for i, gpu in enumerate(self._gpus)]
                 sources = {d["source"] for d in devices}
                 source = sources.pop() if len(sources) == 1 else MIXED
                 report = EnergyReport(True, source, sum(d["joules"] for d in devices), seconds, devices)
             except Exception as err:
-                self._reason = f"NVML error at the final reading: {err}"
-        if self._nvml is not None:
-            self._shutdown()
-        report = report or EnergyReport(False, None, None, seconds, reason=self._reason)
+                reason = str(err)
+        if reason is not None:
+            report = EnergyReport(False, None, None, seconds, reason=reason)
         report.cpu_joules, report.cpu_reason = self._rapl.joules(), self._rapl.reason
-        report.power_samples = self._power
         return report
 
     def _give_up(self, reason: str) -> None:

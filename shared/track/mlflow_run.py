@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import re
-import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -27,6 +26,8 @@ from shared.data.batching import data_order_sha256
 from shared.logs import process_rank
 from shared.options import DEFAULT_EXPERIMENT
 from shared.outputs import RUN_FILE, Preempted, read_run_id
+from shared.track.costs import Costs, RunCosts
+from shared.track.energy import EnergyReport
 from shared.track.outbox import OUTBOX_FILE, MlflowOutbox
 from shared.track.reaping import heartbeat, process_tags
 from shared.track.redaction import redact_uri, scrub
@@ -172,28 +173,18 @@ def same_value(logged: str, value: str) -> bool:
     return logged == value or switch.get(logged.lower(), logged) == switch.get(value.lower(), value)
 
 
-def peak_memory_mb() -> float:
-    """Peak memory of this job: CUDA memory allocated when training on a GPU, else the process's peak RSS."""
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class MlflowMetricsCallback(TrainerCallback):
     """Logs the Trainer's numbers under stable names, plus real tokens per second, padding and peak memory.
 
-    Throughput counts non-padding tokens over the time spent in training steps only: evaluation and
-    checkpoint saving between steps are left out. Real and padding tokens per step come from the collator's
-    counts, evaluation batches left out.
+    Throughput counts non-padding tokens over the time `costs` clocked in training steps: evaluation and checkpoint
+    saving between steps are left out. Peak memory is the run's so far, earlier segments of a resumed run included.
+    Real and padding tokens per step come from the collator's counts, evaluation batches left out.
     """
 
-    def __init__(self, outbox: MlflowOutbox, collator=None) -> None:
+    def __init__(self, outbox: MlflowOutbox, costs: RunCosts, collator=None) -> None:
         self.outbox = outbox
+        self.costs = costs
         self.collator = collator
-        self.train_seconds = 0.0
-        self.mark = time.monotonic()
         self.tokens_at_last_log = 0
         self.seconds_at_last_log = 0.0
         self.counted = [0, 0]  # real, padding tokens of training batches since the last log
@@ -205,15 +196,12 @@ class MlflowMetricsCallback(TrainerCallback):
             order = data_order_sha256(train_dataloader)
             if order is not None:
                 log_params_once({"data_order_sha256": order})
-        self.mark = time.monotonic()
         self.tokens_at_last_log = state.num_input_tokens_seen
+        self.seconds_at_last_log = 0.0
         self.steps_at_last_log = state.global_step
         self._skip_collated()
 
     def on_step_end(self, args, state, control, **kwargs):
-        now = time.monotonic()
-        self.train_seconds += now - self.mark
-        self.mark = now
         if self.collator is not None:  # a step's batches are all collated before its end
             real, padding = self.collator.real_tokens, self.collator.padding_tokens
             self.counted[0] += real - self.collator_mark[0]
@@ -221,11 +209,7 @@ class MlflowMetricsCallback(TrainerCallback):
             self.collator_mark = (real, padding)
 
     def on_evaluate(self, args, state, control, **kwargs):
-        self.mark = time.monotonic()
         self._skip_collated()
-
-    def on_save(self, args, state, control, **kwargs):
-        self.mark = time.monotonic()
 
     def _skip_collated(self) -> None:
         """Leave out of the counts what was collated since the last step: evaluation batches."""
@@ -238,16 +222,19 @@ class MlflowMetricsCallback(TrainerCallback):
             # The Trainer's own train_* speed figures are wall-clock since start, evaluation included: replaced.
             numbers = {k: v for k, v in numbers.items() if not k.startswith("train_")}
             numbers["train_loss"] = numbers.pop("loss")
-            seconds = self.train_seconds - self.seconds_at_last_log
+            seconds = self.costs.step_seconds - self.seconds_at_last_log
             if seconds > 0:
                 numbers["tokens_per_second"] = (state.num_input_tokens_seen - self.tokens_at_last_log) / seconds
             self.tokens_at_last_log = state.num_input_tokens_seen
-            self.seconds_at_last_log = self.train_seconds
-            numbers["peak_memory_mb"] = peak_memory_mb()
+            self.seconds_at_last_log = self.costs.step_seconds
+            numbers["peak_memory_mb"] = self.costs.peak_memory_mb()
             numbers.update(self._padding_metrics(state.global_step - self.steps_at_last_log))
             self.steps_at_last_log = state.global_step
-        elif "train_loss" in numbers:  # the end-of-training summary: its train_loss is the mean over the run
-            numbers["train_loss_mean"] = numbers.pop("train_loss")
+        elif "train_loss" in numbers:  # the end-of-training summary: its train_loss is the mean over this job's steps
+            # Its runtime and speeds cover this job alone; the loop logs the run's, over every segment.
+            mean = numbers.pop("train_loss")
+            numbers = {k: v for k, v in numbers.items() if not k.startswith("train_")}
+            numbers["train_loss_mean"] = mean
         self.outbox.log_metrics(numbers, step=state.global_step)
 
     def _padding_metrics(self, steps: int) -> dict[str, float]:
@@ -263,25 +250,30 @@ class MlflowMetricsCallback(TrainerCallback):
 
 
 def log_training_outputs(
-    outbox: MlflowOutbox, output_dir: Path, energy, *, best_eval_loss: float, runtime: float, tokens: int
+    outbox: MlflowOutbox,
+    output_dir: Path,
+    energy: EnergyReport,
+    costs: Costs,
+    *,
+    best_eval_loss: float,
+    tokens: int,
+    final_step: int,
 ) -> None:
     """End-of-run metrics, and the saved model, energy report and trainer state as artifacts.
 
+    The cost metrics are the run's, over every segment of a resumed training (shared.track.costs.Costs.metrics);
+    peak_memory_mb is logged at the final step, where it is the latest value of the series the steps logged.
+    energy.json and the gpu_power_watts series are this job's meter alone.
     Adapters are uploaded whole. A full model's weights (gigabytes for a real model) stay in the output
     directory, whose path the run records; its config and tokenizer are uploaded.
     """
-    from shared.track.energy import joules_per_1k_tokens
-
-    metrics = {"best_eval_loss": best_eval_loss, "train_runtime": runtime}
+    metrics = costs.metrics(tokens)
+    outbox.log_metrics({"peak_memory_mb": metrics.pop("peak_memory_mb")}, step=final_step)
+    outbox.log_metrics({"best_eval_loss": best_eval_loss, **metrics}, step=0)
+    if costs.energy_joules is None:
+        outbox.set_tag("energy_unavailable", energy.reason or "an earlier segment of the run could not measure it")
     if energy.available:
-        metrics.update(energy_joules=energy.joules, avg_power_watts=energy.avg_power_watts)
-        metrics["joules_per_1k_tokens"] = joules_per_1k_tokens(energy, tokens)
         log_power_series(outbox, energy.power_samples, energy.seconds)
-    else:
-        outbox.set_tag("energy_unavailable", energy.reason)
-    if energy.cpu_joules is not None:
-        metrics["cpu_energy_joules"] = energy.cpu_joules
-    outbox.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=0)
     is_adapter = (Path(output_dir) / "adapter_config.json").is_file()
     if not is_adapter:
         outbox.set_tag("model_weights_path", str(Path(output_dir).resolve()))

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 from shared.data.batching import batch_collator, tokenize_records
 from shared.model.loading import count_parameters, load_tokenizer
 from shared.outputs import COMPLETION_MARKER, schedule
+from shared.track.costs import RunCosts, earlier_costs
 from shared.track.energy import EnergyMeter, EnergyReport, sum_reports
 from shared.track.mlflow_run import (
     MlflowMetricsCallback,
@@ -27,7 +29,7 @@ from shared.track.provenance import environment_record, log_datasets, model_revi
 from shared.train.checks import CheckedInputs
 from shared.train.dev_metrics import dev_metrics, reduce_logits
 from shared.train.failures import is_out_of_memory, out_of_memory
-from shared.train.preemption import PreemptionCallback
+from shared.train.preemption import EndedTrainingGuard, PreemptionCallback, TrainingEnded
 from shared.train.stopping import DivergenceGuard, RelativeEarlyStopping
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,11 @@ def train(
                 f"Trainable parameters: {counts['trainable_params']:,} of {counts['total_params']:,} "
                 f"({counts['trainable_percent']:.4f}%)"
             )
+        # RunCosts first: it writes the costs into a checkpoint before preemption stops the job there.
+        costs = RunCosts(lambda: gathered(meter.reading() if meter else None), earlier_costs(checkpoint))
         callbacks = [
+            costs,
+            EndedTrainingGuard(checkpoint),
             RelativeEarlyStopping(flags["patience"], flags["min_improvement"]),
             DivergenceGuard(flags["learning_rate"], model.config.vocab_size),
             preemption,
@@ -88,7 +94,7 @@ def train(
             if checkpoint is None:  # a resumed run has its inputs already
                 inputs = {"training": (flags["dataset"], train_records), "dev": (flags["dev_dataset"], dev_records)}
                 log_datasets(inputs)
-            callbacks.append(MlflowMetricsCallback(outbox, collator))
+            callbacks.append(MlflowMetricsCallback(outbox, costs, collator))
         trainer = Trainer(
             model=model,
             args=args,
@@ -103,7 +109,11 @@ def train(
         if checkpoint is not None:
             log.info("Resuming from %s", checkpoint)
         try:
-            result = trainer.train(resume_from_checkpoint=checkpoint)
+            runtime = trainer.train(resume_from_checkpoint=checkpoint).metrics["train_runtime"]
+        except TrainingEnded as ended:
+            log.info("%s was saved where the training ended (step %d): nothing left to train", checkpoint, ended.step)
+            keep_the_best_checkpoint(trainer)
+            runtime = 0.0
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):
                 raise
@@ -123,9 +133,10 @@ def train(
                 outbox,
                 output_dir,
                 energy,
+                costs.total(runtime, energy),
                 best_eval_loss=trainer.state.best_metric,
-                runtime=result.metrics["train_runtime"],
                 tokens=trainer.state.num_input_tokens_seen,
+                final_step=trainer.state.global_step,
             )
             marker = {
                 "run_id": outbox.run_id,
@@ -136,9 +147,26 @@ def train(
             (output_dir / COMPLETION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
+def keep_the_best_checkpoint(trainer: Trainer) -> None:
+    """What Trainer.train() does at its end, for a training resumed where it had ended: load the best checkpoint's
+    model and delete the other checkpoints."""
+    best = trainer.state.best_model_checkpoint
+    if best is None:
+        return
+    trainer._load_best_model()  # private, but the one loader for adapters, full models, DeepSpeed and FSDP alike
+    if trainer.args.should_save:
+        for folder in Path(trainer.args.output_dir).glob("checkpoint-*"):
+            if not folder.samefile(best):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 def job_energy(meter: EnergyMeter | None) -> EnergyReport | None:
     """The job's energy: this node's report, or on several nodes every node's report summed (on all ranks)."""
-    report = meter.stop() if meter else None
+    return gathered(meter.stop() if meter else None)
+
+
+def gathered(report: EnergyReport | None) -> EnergyReport | None:
+    """This node's energy report, or on several nodes every node's summed (a collective: every rank calls it)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return report
     reports = [None] * torch.distributed.get_world_size()

@@ -1,13 +1,16 @@
-"""Preemption: a scheduler's SIGTERM or SIGUSR1 becomes a checkpoint at the next step boundary and a resumable exit.
+"""Preemption and resuming: a scheduler's SIGTERM or SIGUSR1 becomes a checkpoint at the next step boundary and a
+resumable exit; a job resumed from a checkpoint saved where the training had ended trains no further.
 
 The job then exits with PREEMPTED_EXIT_CODE; rerunning the same command with `--resume` continues from that
 checkpoint in the same MLflow run. The SLURM wrappers requeue on it.
 """
 
+import json
 import logging
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -55,6 +58,35 @@ class PreemptionCallback(TrainerCallback):
                 PREEMPTED_EXIT_CODE,
             )
             raise Preempted(state.global_step)
+
+
+class TrainingEnded(Exception):
+    """A resumed job's checkpoint was saved where its training ended: there is nothing left to train."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"the training ended at step {step}")
+        self.step = step
+
+
+class EndedTrainingGuard(TrainerCallback):
+    """Stops a resumed training before its first step when the checkpoint it resumes was saved where the training
+    ended: at the last step of the schedule, or where early stopping ended it (the Trainer keeps that decision in the
+    checkpoint). A longer schedule than the checkpoint's goes on.
+
+    The Trainer checks the step count only after a step, so such a resume would otherwise train one step more (and,
+    after early stopping, up to the next evaluation), evaluate again, and end on another model than the training
+    it continues.
+    """
+
+    def __init__(self, checkpoint: str | None) -> None:
+        self.saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text()) if checkpoint else None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.saved is None:
+            return
+        stopped = self.saved["stateful_callbacks"].get("TrainerControl", {}).get("args", {}).get("should_training_stop")
+        if state.global_step >= state.max_steps or (stopped and state.max_steps <= self.saved["max_steps"]):
+            raise TrainingEnded(state.global_step)
 
 
 def _any_rank(flag: bool, device) -> bool:

@@ -19,8 +19,8 @@ from transformers import Trainer, TrainerCallback
 
 from shared.data.batching import IGNORE_INDEX
 from shared.options import common_options, lora_options
+from shared.track.costs import peak_memory_mb
 from shared.track.energy import EnergyMeter
-from shared.track.mlflow_run import peak_memory_mb
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_EPOCHS = 3  # --epochs' default: the default schedule evaluates at step 0 and after each epoch
