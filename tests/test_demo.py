@@ -1,10 +1,12 @@
 """README's main job, scripts/demo.sh, step by step in a scratch folder: its own training command, read from the
 script, with a shorter schedule; the full demo runs in CI as it ships."""
 
+import json
 import re
 import shlex
+import subprocess
 
-from conftest import REPO, only_run, run_in_process
+from conftest import REPO, only_run, run_in_process, script_env
 
 
 def demo_training_command() -> list[str]:
@@ -43,3 +45,14 @@ def test_the_demo_trains_lora_on_the_bundled_humaneval_records(tmp_path, tiny_qw
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")]
     assert steps == [0, 2, 4]
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_the_demo_ends_with_the_link_that_opens_its_experiments_runs_table(tmp_path):
+    """demo.sh's closing line, run on a run file as its training writes one."""
+    script = (REPO / "scripts/demo.sh").read_text()
+    closing = script[script.rindex('echo "Done.') :]
+    (tmp_path / "mlflow_run.json").write_text(json.dumps({"run_id": "0123", "experiment_id": "7"}))
+    env = script_env({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "out": str(tmp_path)})
+    result = subprocess.run(["bash", "-c", closing], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Done. See the run: http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning\n"

@@ -1,6 +1,7 @@
 """One MLflow run per job, against a real local MLflow store (sqlite)."""
 
 import json
+import logging
 import os
 import re
 import time
@@ -71,6 +72,14 @@ def test_a_run_records_its_id_and_finishes(store, tmp_path):
     expected = {"learning_rate": "0.001", "tracking_uri": "http://host:5000", "experiment_name": "tests"}
     assert run.data.params == expected
     assert json.loads((out / RUN_FILE).read_text())["run_id"] == run_id == read_run_id(out)
+
+
+def test_a_finished_run_says_where_its_runs_table_is(store, tmp_path, caplog):
+    with caplog.at_level(logging.INFO), open_run(store, tmp_path / "out") as outbox:
+        pass
+    experiment_id = MlflowClient(store).get_run(outbox.run_id).info.experiment_id
+    link = f"`mlflow ui --backend-store-uri {store}`, then http://127.0.0.1:5000/#/experiments/{experiment_id}"
+    assert f"Run {outbox.run_id} finished; see it with {link}?workflowType=machine_learning" in caplog.messages
 
 
 def test_a_run_that_dies_is_marked_failed(store, tmp_path):

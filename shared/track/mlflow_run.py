@@ -31,6 +31,7 @@ from shared.track.energy import EnergyReport
 from shared.track.outbox import OUTBOX_FILE, MlflowOutbox
 from shared.track.reaping import heartbeat, process_tags
 from shared.track.redaction import redact_uri, scrub
+from shared.track.ui_link import where_to_look
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ def tracked_run(
     else:
         mlflow.set_experiment(experiment_name or DEFAULT_EXPERIMENT)
     run = mlflow.start_run(run_id=resumed_id, run_name=name, log_system_metrics=system_metrics)
-    log.info("MLflow run %s in %s", run.info.run_id, redact_uri(mlflow.get_tracking_uri()))
+    tracking = mlflow.get_tracking_uri()
+    log.info("MLflow run %s in %s", run.info.run_id, redact_uri(tracking))
     outbox = MlflowOutbox(run.info.run_id, output_dir)
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
@@ -119,6 +121,7 @@ def tracked_run(
         _end_run(outbox, "FAILED")
         raise
     _end_run(outbox, "FINISHED")
+    log.info("Run %s finished; see it with %s", run.info.run_id, where_to_look(tracking, run.info.experiment_id))
 
 
 def check_experiment(launched: Run, experiment_name: str | None) -> None:
