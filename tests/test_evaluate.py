@@ -6,6 +6,7 @@ import math
 import os
 from pathlib import Path
 
+import click
 import pytest
 import sacrebleu
 import torch
@@ -16,6 +17,7 @@ from peft import LoraConfig, PrefixTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import DIGIT_WORDS, FAST, REPO, load_command, run_in_process, spelled_digits
+from shared.data.batching import ALPACA_PROMPT, render
 from shared.evaluate import generation
 from shared.evaluate.benchmarks import humaneval_tasks
 from shared.evaluate.generation import (
@@ -29,7 +31,9 @@ from shared.evaluate.generation import (
     generate_hf,
     load_model,
     load_tokenizer,
+    prompt_style,
     prompt_texts,
+    special_tokens,
 )
 from shared.model.merging import merge_adapter
 
@@ -92,6 +96,8 @@ def test_humaneval_on_a_lora_adapter_lands_in_the_training_run(lora):
     assert run.data.metrics["pass_at_1"] == results["pass@1"]
     assert run.info.status == "FINISHED", "reopening the training run must not change its status"
     assert run.data.tags["eval.humaneval.kind"] == "lora adapter"
+    assert results["prompt_style"] == run.data.tags["eval.humaneval.prompt_style"] == "chat", "the tokenizer's template"
+    assert results["answers"] == run.data.tags["eval.humaneval.answers"] == "auto"
     artifacts = {a.path for a in lora["client"].list_artifacts(lora["run_id"], "evaluation/humaneval")}
     assert artifacts == {"evaluation/humaneval/results.json", "evaluation/humaneval/samples.jsonl"}
     assert "Generating" in result.stderr and "Executing" in result.stderr, "progress bars"
@@ -159,9 +165,73 @@ def test_batches_generate_what_single_prompts_do_for_every_kind_of_output(lora, 
         assert output.kind == kind
         model, tokenizer = load_model(output, "float32"), load_tokenizer(output)
         prompts = prompt_texts(tokenizer, inputs)
-        one_by_one = generate_hf(model, tokenizer, prompts, Sampling(max_new_tokens=10, batch_size=1))
-        assert generate_hf(model, tokenizer, prompts, Sampling(max_new_tokens=10, batch_size=5)) == one_by_one, kind
+        one_by_one = generate_hf(model, tokenizer, prompts, Sampling(max_new_tokens=10, batch_size=1), False)
+        batched = generate_hf(model, tokenizer, prompts, Sampling(max_new_tokens=10, batch_size=5), False)
+        assert batched == one_by_one, kind
         assert len(one_by_one) == 5 and all(len(samples) == 1 for samples in one_by_one)
+
+
+def test_each_prompt_style_renders_and_encodes_as_it_says(tiny_llama):
+    """auto is what training rendered; completion is the task's text; each prompt starts with exactly one BOS
+    (the llama template writes it, the tokenizer adds it to the others)."""
+    tokenizer = load_tokenizer(detect_output(tiny_llama))
+    text = humaneval_tasks()[0].prompt
+    [chat] = prompt_texts(tokenizer, [text], "chat")
+    assert chat == render(tokenizer, text, "")[0] and prompt_texts(tokenizer, [text], "auto") == [chat]
+    assert prompt_texts(tokenizer, [text], "completion") == [text]
+    assert prompt_texts(tokenizer, [text], "alpaca") == [ALPACA_PROMPT.format(input=text)]
+    for style in ("chat", "alpaca", "completion"):
+        [ids] = encode(tokenizer, prompt_texts(tokenizer, [text], style), "cpu", special_tokens(style))["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id and ids.tolist().count(tokenizer.bos_token_id) == 1, style
+    tokenizer.chat_template = None
+    assert prompt_style(tokenizer, "auto") == "alpaca", "training's prompt without a template"
+    with pytest.raises(click.UsageError, match="--prompt-style chat: the tokenizer of .* has no chat template"):
+        prompt_style(tokenizer, "chat")
+
+
+def test_the_prompt_style_asked_for_is_used_and_recorded(tiny_qwen2, tmp_path, store):
+    result = evaluate_here(
+        "--model", tiny_qwen2, "--benchmark", "humaneval", "--limit", 1, "--max-new-tokens", 4,
+        "--prompt-style", "completion", "--tracking-uri", store, "--experiment-name", "style",
+        "--output-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["prompt_style"] == "completion"
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("style").experiment_id])
+    assert run.data.tags["eval.humaneval.prompt_style"] == "completion"
+
+
+def test_chat_answers_pass_when_read_as_meant_and_fail_as_they_came(tmp_path, store):
+    """The issue's case: whole functions in fences with example calls and prose scored 0; read as meant, the
+    correct ones pass. samples.jsonl keeps the answer and the program that ran; the mode is recorded."""
+    problems = read_problems()
+    answers = []
+    for task_id in ("HumanEval/2", "HumanEval/7"):
+        problem = problems[task_id]
+        function = problem["prompt"] + problem["canonical_solution"]
+        call = f"print({problem['entry_point']}(None))"  # an example call that raises, were it run
+        answers.append((task_id, f"Here you go:\n```python\n{function}\n{call}\n```\nIt is short and clear."))
+    completions = write(
+        tmp_path / "c.jsonl", "".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in answers)
+    )
+    for mode, expected in (("auto", 1.0), ("raw", 0.0)):
+        out = tmp_path / mode
+        result = evaluate_here(
+            "--completions", completions, "--benchmark", "humaneval", "--answers", mode, "--tracking-uri", store,
+            "--experiment-name", f"answers-{mode}", "--output-dir", out,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output[-3000:]
+        results = json.loads((out / "results.json").read_text())
+        assert results["pass@1"] == expected and results["answers"] == mode
+        samples = read_samples(out)
+        assert [s["completion"] for s in samples] == [c for _, c in answers]
+        client = MlflowClient(store)
+        [run] = client.search_runs([client.get_experiment_by_name(f"answers-{mode}").experiment_id])
+        assert run.data.tags["eval.humaneval.answers"] == mode
+    auto, raw = read_samples(tmp_path / "auto"), read_samples(tmp_path / "raw")
+    assert all("```" not in s["program"] and "print(" not in s["program"] for s in auto)
+    assert [s["program"] for s in raw] == [problems[t]["prompt"] + c for t, c in answers]
 
 
 def prefix_model(base_folder: Path):
@@ -183,7 +253,7 @@ def test_generation_applies_the_prefix_as_the_training_forward_does(tiny_qwen2, 
     for base_folder in (tiny_qwen2, tiny_llama):
         model = prefix_model(base_folder)
         tokenizer = load_tokenizer(detect_output(base_folder))
-        batch = encode(tokenizer, prompt_texts(tokenizer, [humaneval_tasks()[0].prompt]), "cpu")
+        batch = encode(tokenizer, prompt_texts(tokenizer, [humaneval_tasks()[0].prompt]), "cpu", False)
         settings = {"max_new_tokens": 1, "do_sample": False, "output_logits": True, "pad_token_id": 0}
         with torch.no_grad():
             generated = generate_batch(model, batch, **settings).logits[0][0]
@@ -200,7 +270,7 @@ def test_a_generation_route_that_drops_the_adapter_is_caught(tiny_qwen2, monkeyp
     model, output = prefix_model(tiny_qwen2), TrainedOutput(tiny_qwen2, "prefix adapter", str(tiny_qwen2))
     tokenizer = load_tokenizer(detect_output(tiny_qwen2))
     prompt = prompt_texts(tokenizer, [humaneval_tasks()[0].prompt])[0]
-    check_adapter_applied(model, tokenizer, output, prompt)
+    check_adapter_applied(model, tokenizer, output, prompt, False)
     real_route = generation.generate_batch
 
     def base_route(model, batch, **settings):
@@ -208,7 +278,7 @@ def test_a_generation_route_that_drops_the_adapter_is_caught(tiny_qwen2, monkeyp
 
     monkeypatch.setattr(generation, "generate_batch", base_route)
     with pytest.raises(UnappliedAdapterError, match="was not applied during generation"):
-        check_adapter_applied(model, tokenizer, output, prompt)
+        check_adapter_applied(model, tokenizer, output, prompt, False)
 
 
 @pytest.mark.slow
@@ -344,6 +414,8 @@ def test_a_bad_metadata_file_is_refused_naming_the_record(tmp_path, content, mes
         (["humaneval", "--temperature", "0.8"], "--temperature does not apply to --completions: no model generates"),
         (["humaneval", "--dtype", "bfloat16"], "--dtype does not apply to --completions"),
         (["humaneval", "--base-model", "m"], "--base-model does not apply to --completions"),
+        (["humaneval", "--prompt-style", "chat"], "--prompt-style does not apply to --completions"),
+        (["exact-match", "--data", "{data}", "--answers", "raw"], "--answers does not apply to --benchmark exact-"),
     ],
 )
 def test_a_flag_the_benchmark_does_not_read_is_refused(tmp_path, flags, message):
@@ -375,7 +447,8 @@ def test_every_flag_at_its_default_is_accepted_as_mlproject_passes_it(tmp_path, 
         "--completions", completions, "--benchmark", "exact-match", "--data", tmp_path / "d.json",
         "--n-samples", 1, "--temperature", 0.0, "--top-p", 0.95, "--max-new-tokens", 512, "--batch-size", 8,
         "--k", "1", "--dtype", "float32", "--backend", "auto", "--seed", 42, "--timeout", 10.0, "--cpu-seconds", 10,
-        "--memory-mb", 1024, "--workers", 0, "--require-isolation", "false", "--tracking-uri", store,
+        "--memory-mb", 1024, "--workers", 0, "--require-isolation", "false", "--answers", "auto",
+        "--prompt-style", "auto", "--tracking-uri", store,
         "--experiment-name", "defaults", "--output-dir", tmp_path / "out",
     )  # fmt: skip
     assert result.exit_code == 0, result.output[-3000:]
@@ -416,6 +489,7 @@ def test_rescoring_a_run_replaces_its_previous_evaluation_of_that_benchmark(tmp_
         "eval.humaneval.tasks": "2",
         "eval.humaneval.samples_per_task": "1",
         "eval.humaneval.sandbox": run.data.tags["sandbox"],
+        "eval.humaneval.answers": "auto",
         "eval.humaneval.metrics": "pass_at_1",
         "eval.humaneval.evaluation": "2",
     }, "no with_metadata tag left from the first evaluation"
@@ -563,7 +637,7 @@ def test_livecodebench_runs_stdin_and_functional_tests_from_a_local_copy(tmp_pat
             "class Solution:\n    def twoSum(self, nums, target):\n        seen = {}\n"
             "        for i, n in enumerate(nums):\n            if target - n in seen:\n"
             "                return [seen[target - n], i]\n            seen[n] = i\n",
-            "import sys\nsys.exit(0)\n",
+            "class Solution:\n    def twoSum(self, nums, target):\n        import sys\n        sys.exit(0)\n",
         ],
     }
     completions = tmp_path / "completions.jsonl"

@@ -47,7 +47,9 @@ PROCESS_ONLY = Isolation(PROCESS)
 
 
 def humaneval_program(completion: str) -> Program:
-    return FIRST.programs(completion)[0]
+    """HumanEval/0's program for a completion taken as it came (`--answers raw`): what the executor is handed, module
+    level code included, whatever reading the answer would cut."""
+    return FIRST.programs(FIRST.solution(completion, "raw"))[0]
 
 
 def hostile_completion(attempt: str) -> str:
@@ -119,9 +121,10 @@ def test_bubblewrap_isolates_programs_here():
 
 
 def test_every_canonical_humaneval_solution_passes():
+    """Through the path every answer takes (`--answers auto`)."""
     tasks, problems = humaneval_tasks(), read_problems()
     started = time.monotonic()
-    programs = [t.programs(problems[t.task_id]["canonical_solution"])[0] for t in tasks]
+    programs = [t.programs(t.solution(problems[t.task_id]["canonical_solution"]))[0] for t in tasks]
     outcomes = run_programs(programs, isolation=NAMESPACED)
     assert len(outcomes) == 164
     assert [(t.task_id, o.reason) for t, o in zip(tasks, outcomes, strict=True) if not o.passed] == []

@@ -1,21 +1,21 @@
 """Evaluation tasks: what the model is asked, and how its answer is checked.
 
-Code benchmarks (HumanEval, a local LiveCodeBench copy) turn a completion into programs for the sandbox; text
-benchmarks (exact match on {input, output} records, paraphrase buckets) carry a reference answer.
+Code benchmarks (HumanEval, a local LiveCodeBench copy) read a completion as the program it means
+(shared.evaluate.answers) and add their tests, giving programs for the sandbox; text benchmarks (exact match on
+{input, output} records, paraphrase buckets) carry a reference answer.
 """
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.data.formats import convert_paraphrase, convert_rows, metadata_comments
 from shared.data.records import DataError, read_json_rows, read_records
+from shared.evaluate.answers import humaneval_program, script_program
 from shared.evaluate.sandbox import Program
 
 # Names LiveCodeBench solutions may use without importing them (a subset of what its own harness imports).
 LCB_PRELUDE = "from typing import *\nimport bisect, collections, functools, heapq, itertools, math, re, string\n"
-FENCED_CODE = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,16 @@ class HumanEvalTask:
     def source_id(self) -> str:
         return self.task_id
 
-    def programs(self, completion: str) -> list[Program]:
+    def solution(self, completion: str, answers: str = "auto") -> str:
+        """The program the completion means, before the tests (`raw`: appended to the signature as it came)."""
         # The problem's own signature: the metadata comments are for the model, the program is HumanEval's.
-        source = f"{self.signature}{completion}\n\n{self.test}\n\ncheck({self.entry_point})\n"
-        return [Program(source)]
+        if answers == "raw":
+            return self.signature + completion
+        return humaneval_program(self.signature, completion, self.entry_point)
+
+    def programs(self, solution: str) -> list[Program]:
+        """The solution followed by the problem's tests."""
+        return [Program(f"{solution}\n\n{self.test}\n\ncheck({self.entry_point})\n")]
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,15 @@ class LiveCodeBenchTask:
     def source_id(self) -> str:
         return self.task_id
 
-    def programs(self, completion: str) -> list[Program]:
-        code = extract_code(completion)
+    def solution(self, completion: str, answers: str = "auto") -> str:
+        """The program the completion means (`raw`: the completion as it came), after the usual imports."""
+        # Functional tests call Solution(), so the answer's example calls are cut; a stdin program is run whole.
+        functional = all(case["testtype"] == "functional" for case in self.cases)
+        code = completion if answers == "raw" else script_program(completion, "Solution" if functional else None)
+        return LCB_PRELUDE + code
+
+    def programs(self, solution: str) -> list[Program]:
+        """One program per test case: the solution fed the case's input, or called with its arguments."""
         programs = []
         for case in self.cases:
             if case["testtype"] == "functional":
@@ -64,9 +77,9 @@ class LiveCodeBenchTask:
                     f"_result = Solution().{self.func_name}(*_args)\n"
                     f"assert _result == _json.loads({case['output']!r}), f'returned {{_result!r}}'\n"
                 )
-                programs.append(Program(LCB_PRELUDE + code + check))
+                programs.append(Program(solution + check))
             else:
-                programs.append(Program(LCB_PRELUDE + code, stdin=case["input"], expected_stdout=case["output"]))
+                programs.append(Program(solution, stdin=case["input"], expected_stdout=case["output"]))
         return programs
 
 
@@ -80,12 +93,6 @@ class TextTask:
 
 
 CodeTask = HumanEvalTask | LiveCodeBenchTask
-
-
-def extract_code(completion: str) -> str:
-    """The first fenced code block of a chat answer, or the whole answer when it has none."""
-    match = FENCED_CODE.search(completion)
-    return match[1] if match else completion
 
 
 def humaneval_tasks(metadata_path: Path | None = None) -> list[HumanEvalTask]:

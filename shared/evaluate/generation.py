@@ -1,7 +1,8 @@
 """Generating answers from any trained output: tell what a folder holds, load it, and sample completions in batches.
 
-Prompts are rendered as training rendered them (shared.data.batching.render: the chat template, or the Alpaca
-prompt), and generation stops at the end-of-turn token. vLLM serves full models and LoRA adapters when it is installed;
+Prompts are rendered as training rendered them by default (shared.data.batching.render: the chat template, or the
+Alpaca prompt without one), or in the style asked for (a plain continuation of the task's text, say), and generation
+stops at the end-of-turn token. vLLM serves full models and LoRA adapters when it is installed;
 prefix adapters always use the Hugging Face backend (vLLM cannot serve prefixes).
 """
 
@@ -14,11 +15,16 @@ from pathlib import Path
 
 import click
 
-from shared.data.batching import render
+from shared.data.batching import ALPACA_PROMPT, render
+from shared.model.gguf import model_folder
+from shared.model_source import check_model_source, is_gguf
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # never pickles: loading one can run code
+# auto: as training rendered records; chat: the tokenizer's template; alpaca: the Alpaca prompt; completion: the
+# task's own text, for the model to continue.
+PROMPT_STYLES = ("auto", "chat", "alpaca", "completion")
 
 
 class ModelFolderError(click.ClickException):
@@ -37,7 +43,11 @@ class TrainedOutput:
 
 
 def detect_output(path: Path, base_model: str | None = None) -> TrainedOutput:
-    """What a folder holds: a PEFT adapter (LoRA/QLoRA, prefix) or a full model (BitFit, FFT, merged)."""
+    """What a folder holds: a PEFT adapter (LoRA/QLoRA, prefix) or a full model (BitFit, FFT, merged); a GGUF file
+    is read as the model folder it converts to."""
+    if is_gguf(path):
+        check_model_source(str(path), "--model")
+        path = Path(model_folder(str(path)))
     if not path.is_dir():
         raise ModelFolderError(f"{path}: no such folder")
     adapter_config = path / "adapter_config.json"
@@ -72,9 +82,32 @@ def load_tokenizer(output: TrainedOutput):
     return tokenizer
 
 
-def prompt_texts(tokenizer, inputs: list[str]) -> list[str]:
-    """Each input rendered as the prompt part of a training record."""
-    return [render(tokenizer, text, "")[0] for text in inputs]
+def prompt_style(tokenizer, asked: str) -> str:
+    """The style prompts are rendered in: `auto` is training's (the chat template where the tokenizer has one,
+    else the Alpaca prompt); `chat` needs a template."""
+    if asked == "auto":
+        return "chat" if tokenizer.chat_template else "alpaca"
+    if asked == "chat" and not tokenizer.chat_template:
+        raise click.UsageError(
+            f"--prompt-style chat: the tokenizer of {tokenizer.name_or_path} has no chat template; pass "
+            "--prompt-style completion (the task's text, continued) or alpaca"
+        )
+    return asked
+
+
+def prompt_texts(tokenizer, inputs: list[str], style: str = "auto") -> list[str]:
+    """Each input rendered in `style` (PROMPT_STYLES); `auto` renders it as the prompt part of a training record."""
+    style = prompt_style(tokenizer, style)
+    if style == "chat":
+        return [render(tokenizer, text, "")[0] for text in inputs]
+    if style == "alpaca":
+        return [ALPACA_PROMPT.format(input=text) for text in inputs]
+    return list(inputs)
+
+
+def special_tokens(style: str) -> bool:
+    """Whether the tokenizer adds its special tokens (BOS) to a prompt of `style`: the chat template writes them."""
+    return style != "chat"
 
 
 def load_model(output: TrainedOutput, dtype: str):
@@ -123,14 +156,9 @@ class Sampling:
     batch_size: int = 8
 
 
-def encode(tokenizer, prompts: list[str], device) -> dict:
-    """Token ids and attention mask of left-padded prompts, special tokens as in training."""
-    return tokenizer(
-        prompts,
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=not tokenizer.chat_template,  # as in training: the template writes BOS itself
-    ).to(device)
+def encode(tokenizer, prompts: list[str], device, add_special_tokens: bool) -> dict:
+    """Token ids and attention mask of left-padded prompts (`add_special_tokens`: special_tokens(style))."""
+    return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(device)
 
 
 def generate_batch(model, batch: dict, **settings):
@@ -174,7 +202,7 @@ class UnappliedAdapterError(click.ClickException):
     """An adapter that changes nothing the model generates: scoring it would score the base model."""
 
 
-def check_adapter_applied(model, tokenizer, output: TrainedOutput, prompt: str) -> None:
+def check_adapter_applied(model, tokenizer, output: TrainedOutput, prompt: str, add_special_tokens: bool) -> None:
     """Refuse an adapter whose effect does not reach generation.
 
     The first generated token's logits for `prompt` must lie nearer the adapted model's forward pass (the route
@@ -183,7 +211,7 @@ def check_adapter_applied(model, tokenizer, output: TrainedOutput, prompt: str) 
     """
     import torch
 
-    batch = encode(tokenizer, [prompt], model.device)
+    batch = encode(tokenizer, [prompt], model.device, add_special_tokens)
     settings = {"max_new_tokens": 1, "do_sample": False, "output_logits": True, "pad_token_id": tokenizer.pad_token_id}
     with torch.no_grad():
         generated = generate_batch(model, batch, **settings).logits[0][0].float()
@@ -207,7 +235,7 @@ def check_adapter_applied(model, tokenizer, output: TrainedOutput, prompt: str) 
         )
 
 
-def generate_hf(model, tokenizer, prompts: list[str], sampling: Sampling) -> list[list[str]]:
+def generate_hf(model, tokenizer, prompts: list[str], sampling: Sampling, add_special_tokens: bool) -> list[list[str]]:
     """`sampling.n_samples` completions per prompt, in batches; each stops at the end-of-turn token."""
     import torch
     from tqdm import tqdm
@@ -222,7 +250,7 @@ def generate_hf(model, tokenizer, prompts: list[str], sampling: Sampling) -> lis
     texts = []
     with tqdm(total=len(jobs), desc="Generating", unit="completion") as bar:
         for start in range(0, len(jobs), sampling.batch_size):
-            batch = encode(tokenizer, jobs[start : start + sampling.batch_size], model.device)
+            batch = encode(tokenizer, jobs[start : start + sampling.batch_size], model.device, add_special_tokens)
             with torch.no_grad():
                 new_tokens = generate_batch(model, batch, **settings).sequences
             texts += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -230,7 +258,15 @@ def generate_hf(model, tokenizer, prompts: list[str], sampling: Sampling) -> lis
     return [texts[i : i + sampling.n_samples] for i in range(0, len(texts), sampling.n_samples)]
 
 
-def generate_vllm(output: TrainedOutput, tokenizer, prompts: list[str], sampling: Sampling, dtype: str, seed: int):
+def generate_vllm(
+    output: TrainedOutput,
+    tokenizer,
+    prompts: list[str],
+    sampling: Sampling,
+    add_special_tokens: bool,
+    dtype: str,
+    seed: int,
+):
     """The same with vLLM, fed the token ids our tokenizer makes so the prompts match the HF backend's exactly."""
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
@@ -252,7 +288,7 @@ def generate_vllm(output: TrainedOutput, tokenizer, prompts: list[str], sampling
         max_tokens=sampling.max_new_tokens,
         stop_token_ids=[tokenizer.eos_token_id],
     )
-    ids = tokenizer(prompts, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+    ids = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
     request = LoRARequest("adapter", 1, str(output.path)) if lora else None
     results = llm.generate([{"prompt_token_ids": i} for i in ids], params, lora_request=request)
     return [[choice.text for choice in result.outputs] for result in results]

@@ -54,17 +54,20 @@ def score_code(
     limits: Limits,
     workers: int | None,
     isolation: Isolation,
+    answers: str = "auto",
 ) -> tuple[dict[str, float], list[dict]]:
-    """Run every completion's programs in the sandbox; a sample passes when all its programs pass."""
+    """Read every completion as a program (`answers`: auto or raw, shared.evaluate.answers) and run it with the
+    task's tests in the sandbox; a sample passes when all its programs pass."""
     samples = [(task, n, text) for task in tasks for n, text in enumerate(completions.get(task.task_id, []))]
-    programs = [task.programs(text) for task, _, text in samples]
+    solutions = [task.solution(text, answers) for task, _, text in samples]
+    programs = [task.programs(solution) for (task, _, _), solution in zip(samples, solutions, strict=True)]
     outcomes = iter(run_programs([p for group in programs for p in group], limits, workers, isolation))
     records, passed_by_task = [], defaultdict(list)
-    for (task, number, text), group in zip(samples, programs, strict=True):
+    for (task, number, text), solution, group in zip(samples, solutions, programs, strict=True):
         results = [next(outcomes) for _ in group]
         failed = [r.reason for r in results if not r.passed]
         passed_by_task[task.task_id].append(not failed)
-        record = {**_described(task), "sample": number, "completion": text}
+        record = {**_described(task), "sample": number, "completion": text, "program": solution}
         if isinstance(task, HumanEvalTask):
             record["reference"] = task.reference
         records.append({**record, "passed": not failed, "result": failed[0] if failed else "passed"})
