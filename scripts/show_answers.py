@@ -2,7 +2,8 @@
 
 SOURCE is an evaluation's --output-dir (or its samples.jsonl), or the MLflow run the scores were logged to (its
 evaluation/<benchmark>/samples.jsonl artifact). `--sid` picks samples by task id or by the id of the source record
-(exact match: the record's index in the --data file; paraphrase: the original's index, so every wording of it).
+(exact match: the record's index in the --data file; paraphrase: the original's index, so every wording of it;
+HumanEval: `7` is `HumanEval/7`).
 """
 
 import tempfile
@@ -15,6 +16,7 @@ from shared.data.records import read_jsonl_lines
 from shared.evaluate.job import SAMPLES_FILE
 
 RULE = "-" * 100
+HUMANEVAL_PREFIX = "HumanEval/"
 
 
 def local_samples(source: Path) -> Path:
@@ -43,11 +45,13 @@ def run_samples(run_id: str, benchmark: str | None, tracking_uri: str | None, fo
 
 
 def chosen(path: Path, sids: tuple[str, ...]) -> list[dict]:
-    """The samples whose task id or source record id is one of `sids`, in the order asked; an unknown id is refused."""
+    """The samples whose task id or source record id is one of `sids`, in the order asked (a bare number N also
+    names HumanEval/N); an unknown id is refused."""
     samples = [record for _, record in read_jsonl_lines(path)]
     picked = []
     for sid in sids:
-        matching = [s for s in samples if sid in (str(s.get("task_id")), str(s.get("source_id")))]
+        names = {sid, HUMANEVAL_PREFIX + sid} if sid.isdigit() else {sid}
+        matching = [s for s in samples if names & {str(s.get("task_id")), str(s.get("source_id"))}]
         if not matching:
             ids = sorted({str(s.get("task_id")) for s in samples}, key=lambda i: (len(i), i))
             listed = ", ".join(ids[:3]) + (f", ... {ids[-1]}" if len(ids) > 3 else "")
@@ -62,6 +66,13 @@ def verdict(sample: dict) -> str:
     return sample.get("result", "not scored")
 
 
+def visible(text: str) -> str:
+    """The text, or what it is when it would print as blank lines: empty, or only whitespace (shown with repr)."""
+    if not text:
+        return "⟨empty⟩"
+    return text if text.strip() else f"⟨only whitespace: {text!r}⟩"
+
+
 def describe(sample: dict) -> str:
     title = f"task {sample['task_id']}"
     if sample.get("source_id") not in (None, sample["task_id"]):
@@ -74,9 +85,11 @@ def describe(sample: dict) -> str:
     parts = [
         f"{'=' * 100}\n{title}: {verdict(sample)}",
         f"{RULE}\nPROMPT\n{sample.get('prompt', '(not recorded: evaluated before samples carried prompts)')}",
-        f"{RULE}\nANSWER\n{sample['completion']}",
-        f"{RULE}\nREFERENCE\n{reference}",
+        f"{RULE}\nANSWER\n{visible(sample['completion'])}",
     ]
+    if "program" in sample:
+        parts.append(f"{RULE}\nPROGRAM RUN (before the tests)\n{visible(sample['program'])}")
+    parts.append(f"{RULE}\nREFERENCE\n{reference}")
     return "\n".join(part.rstrip("\n") for part in parts)
 
 
@@ -92,8 +105,8 @@ def describe(sample: dict) -> str:
 @click.option("--benchmark", help="For a run scored on several benchmarks: which one.")
 @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI. Default: MLflow's own.")
 def main(source: str, sid: tuple[str, ...], benchmark: str | None, tracking_uri: str | None) -> None:
-    """Show the prompt, answer, reference and verdict of the samples --sid names, from SOURCE: an evaluation's
-    output folder or samples.jsonl, or the MLflow run its scores went to."""
+    """Show the prompt, answer, program run, reference and verdict of the samples --sid names, from SOURCE: an
+    evaluation's output folder or samples.jsonl, or the MLflow run its scores went to."""
     with tempfile.TemporaryDirectory() as folder:
         if Path(source).exists():
             path = local_samples(Path(source))

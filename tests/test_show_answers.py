@@ -98,16 +98,21 @@ def test_a_source_record_shows_every_wording_of_a_paraphrased_question(tmp_path)
     assert "PROMPT\nTo Fahrenheit:\n\n100 degrees Celsius\n" in blocks(stdout)[1]
 
 
-def test_a_humaneval_sample_shows_the_canonical_solution_and_the_test_outcome(tmp_path):
+def test_a_humaneval_sample_shows_the_answer_the_program_run_the_canonical_solution_and_the_outcome(tmp_path):
     problem = read_problems()["HumanEval/4"]
+    answers = {"HumanEval/4": "    return 0.0\n\nprint('example')\n", "HumanEval/5": " \n\t\n"}
     evaluate(
-        "--completions", completions_file(tmp_path / "c.jsonl", {"HumanEval/4": "    return 0.0\n"}),
-        "--benchmark", "humaneval", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--output-dir",
-        tmp_path / "out",
+        "--completions", completions_file(tmp_path / "c.jsonl", answers), "--benchmark", "humaneval",
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--output-dir", tmp_path / "out",
     )  # fmt: skip
-    code, stdout, stderr = show(tmp_path / "out", "--sid", "HumanEval/4")
+    code, stdout, stderr = show(tmp_path / "out", "--sid", "4,5")
     assert code == 0, stderr
-    [block] = blocks(stdout)
-    assert block.startswith("task HumanEval/4, sample 0: failed: AssertionError\n")
-    assert f"PROMPT\n{problem['prompt'].rstrip()}\n" in block
-    assert block.endswith(f"REFERENCE\n{problem['canonical_solution'].rstrip()}\n")
+    assert show(tmp_path / "out", "--sid", "HumanEval/4", "--sid", "HumanEval/5")[1] == stdout, "7 is HumanEval/7"
+    fourth, fifth = blocks(stdout)
+    assert fourth.startswith("task HumanEval/4, sample 0: failed: AssertionError\n")
+    assert f"PROMPT\n{problem['prompt'].rstrip()}\n" in fourth
+    assert "ANSWER\n    return 0.0\n\nprint('example')\n" in fourth
+    program = fourth.split("PROGRAM RUN (before the tests)\n")[1].split("-" * 100)[0]
+    assert program == problem["prompt"] + "    return 0.0\n", "the example call is cut"
+    assert fourth.endswith(f"REFERENCE\n{problem['canonical_solution'].rstrip()}\n")
+    assert "ANSWER\n⟨only whitespace: ' \\n\\t\\n'⟩\n" in fifth, "not blank lines"
