@@ -154,6 +154,8 @@ def test_fences_labelled_otherwise_are_not_code_and_an_unclosed_fence_runs_to_th
     assert code_in(answer) == "import math\nx = math.pi\n"
     assert code_in("```\nprint(1)\n```") == "print(1)\n", "an unlabelled fence is code when no block is labelled"
     assert code_in("no fence at all\n") == "no fence at all\n"
+    assert code_in("    return 1\n```\n") == "    return 1\n```\n", "a stray closing fence is not an empty block"
+    assert TASKS["HumanEval/0"].solution(BODY + "```\n") == TASKS["HumanEval/0"].signature + BODY
 
 
 def lcb_task(testtype: str) -> LiveCodeBenchTask:

@@ -24,8 +24,9 @@ ASSIGNMENTS = (ast.Assign, ast.AnnAssign)
 
 def code_in(answer: str) -> str:
     """The answer's fenced Python blocks that parse, joined in order (the first block when none parses); the whole
-    answer when it has no such fence. Unlabelled fences count only when no block is labelled Python."""
-    blocks = FENCE.findall(answer)
+    answer when it has no such fence. Unlabelled fences count only when no block is labelled Python; an empty one
+    (a stray closing fence after a body) never does."""
+    blocks = [(label, body) for label, body in FENCE.findall(answer) if body.strip()]
     python = [body for label, body in blocks if label.lower() in PYTHON_LABELS]
     python = python or [body for label, body in blocks if not label]
     if not python:
