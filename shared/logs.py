@@ -6,6 +6,7 @@ so each message reaches the terminal once while a problem on any rank still show
 
 import logging
 import os
+import warnings
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # (logger, start of the message): notices about the machine that hold nothing to act on.
@@ -15,6 +16,9 @@ NOISE = (
     ("DeepSpeed", "Setting ds_accelerator to"),
     ("DeepSpeed", "Setting accelerator to"),
 )
+
+# PEFT 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` each time it wraps a model: nothing of ours.
+DEPRECATED_BY_A_LIBRARY = "`is_gradient_checkpointing` is deprecated"
 
 
 class DropMessages(logging.Filter):
@@ -30,6 +34,7 @@ class DropMessages(logging.Filter):
 
 def quiet_library_noise() -> None:
     """Attach the filters to the loggers named in NOISE; they act once the library logs, even if imported later."""
+    warnings.filterwarnings("ignore", message=DEPRECATED_BY_A_LIBRARY, category=FutureWarning)
     for name in {name for name, _ in NOISE}:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessages) for f in logger.filters):

@@ -4,6 +4,7 @@
 import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,22 @@ def test_the_known_notices_are_dropped_and_every_other_line_kept(caplog):
         deepspeed.info("Setting accelerator to cpu")
         deepspeed.warning("Setting the stage: ZeRO-3 found no parameters to shard")
     assert [r.getMessage() for r in caplog.records] == ["Setting the stage: ZeRO-3 found no parameters to shard"]
+
+
+def test_peft_wrapping_a_model_warns_of_no_deprecation_of_another_library(tiny_qwen2):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def wrapping_warnings(quiet: bool) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if quiet:
+                quiet_library_noise()
+            get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_qwen2), LoraConfig(target_modules="all-linear"))
+        return [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+
+    assert any("is_gradient_checkpointing" in message for message in wrapping_warnings(quiet=False)), "the control"
+    assert wrapping_warnings(quiet=True) == []
 
 
 def test_the_rank_comes_from_the_launcher_and_is_0_without_one(monkeypatch):

@@ -5,6 +5,7 @@ import logging
 import os
 import re
 import time
+import warnings
 
 import click
 import mlflow
@@ -21,6 +22,7 @@ from shared.track.mlflow_run import (
     run_tags,
     tracked_run,
 )
+from shared.track.provenance import log_datasets
 from shared.track.redaction import redact_uri
 
 
@@ -80,6 +82,19 @@ def test_a_finished_run_says_where_its_runs_table_is(store, tmp_path, caplog):
     experiment_id = MlflowClient(store).get_run(outbox.run_id).info.experiment_id
     link = f"`mlflow ui --backend-store-uri {store}`, then http://127.0.0.1:5000/#/experiments/{experiment_id}"
     assert f"Run {outbox.run_id} finished; see it with {link}?workflowType=machine_learning" in caplog.messages
+
+
+def test_datasets_are_logged_with_their_source_and_without_a_warning(store, tmp_path):
+    data = tmp_path / "train.json"
+    data.write_text("[]")
+    records = [{"input": "1", "output": "one"}]
+    with warnings.catch_warnings(record=True) as caught, open_run(store, tmp_path / "out") as outbox:
+        warnings.simplefilter("always")
+        log_datasets({"training": (data, records), "dev": (None, records)})
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
+    inputs = MlflowClient(store).get_run(outbox.run_id).inputs.dataset_inputs
+    sources = {json.loads(i.dataset.source)["uri"] for i in inputs}
+    assert sources == {str(data.resolve()), "held out of the training file (dev)"}
 
 
 def test_a_run_that_dies_is_marked_failed(store, tmp_path):

@@ -95,11 +95,13 @@ def log_datasets(datasets: dict[str, tuple[Path | Sequence[Path] | None, list[di
     several files are one input, their paths joined with os.pathsep."""
     import mlflow
     import pandas
+    from mlflow.data.sources import LocalArtifactDatasetSource
 
     for context, (paths, records) in datasets.items():
         frame = pandas.DataFrame(records, columns=["input", "output"])
         files = data_files(paths)
         resolved = os.pathsep.join(str(path.resolve()) for path in files)
-        source = resolved or f"held out of the training file ({context})"
+        # Given as an object: MLflow 3 resolves a path string to two identical local sources, and warns about it.
+        source = LocalArtifactDatasetSource(resolved or f"held out of the training file ({context})")
         name = "+".join(path.name for path in files) or f"{context}-split"
         mlflow.log_input(mlflow.data.from_pandas(frame, source=source, name=name), context=context)
