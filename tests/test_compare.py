@@ -73,9 +73,10 @@ def test_table_lists_both_methods_with_energy_missing(compared):
     rows = table_rows(compared["stdout"])
     assert set(rows) == set(METHODS)
     for method, cells in rows.items():
-        assert cells[0] == f"{method}-cmp"
-        assert cells[5] == "missing", "no GPU here, so no energy was measured"
-        assert float(cells[7]) == pytest.approx(compared["runs"][method].data.metrics["best_eval_loss"], rel=1e-3)
+        run = compared["runs"][method]
+        assert cells[:5] == [f"{method}-cmp", method, "-", run.data.params["learning_rate"], run.data.params["seed"]]
+        assert cells[8] == "missing", "no GPU here, so no energy was measured"
+        assert float(cells[10]) == pytest.approx(run.data.metrics["best_eval_loss"], rel=1e-3)
 
 
 @pytest.mark.slow
@@ -234,7 +235,8 @@ def test_the_table_shows_every_number_alike(store, tmp_path):
     table = compare_module["format_table"](
         compare_module["collect_rows"](client, experiment_id, "best_eval_loss"), "best_eval_loss"
     )
-    assert table.splitlines()[2].split()[2:] == ["0.01235", "95.12", "1,500", "missing", "12,346", "0.04567"]
+    assert table.splitlines()[2].split()[2:] == ["-", "missing", "missing", "0.01235", "95.12", "1,500", "missing",
+                                                 "12,346", "0.04567"]  # fmt: skip
 
 
 def test_a_metric_a_rescored_run_no_longer_measures_is_missing_not_nan(store, tmp_path):
@@ -243,3 +245,90 @@ def test_a_metric_a_rescored_run_no_longer_measures_is_missing_not_nan(store, tm
     rows = compare_module["collect_rows"](client, experiment_id, "pass_at_10")
     assert rows[0]["pass_at_10"] is None and rows[0]["best_eval_loss"] == 0.5
     assert compare_module["format_table"](rows, "pass_at_10").splitlines()[2].split()[-1] == "missing"
+
+
+@pytest.mark.parametrize(
+    ("runs", "labels"),
+    [
+        ([("lora", "0.001", "2"), ("lora", "0.001", "3"), ("bitfit", "0.01", "2"), ("bitfit", "0.01", "3")],
+         ["lora seed 2", "lora seed 3", "bitfit seed 2", "bitfit seed 3"]),  # finals: a method's seeds
+        ([("lora", "0.001", "1"), ("lora", "0.01", "1"), ("bitfit", "0.01", "1")],
+         ["lora lr 0.001", "lora lr 0.01", "bitfit"]),  # a sweep of one seed
+        ([("lora", "0.001", "1"), ("lora", "0.01", "2")], ["lora lr 0.001 seed 1", "lora lr 0.01 seed 2"]),
+        ([("lora", "0.001", "1"), ("lora", "0.001", "1"), ("bitfit", "0.01", "1")],
+         ["run-0", "run-1", "bitfit"]),  # alike but for their names
+    ],
+)  # fmt: skip
+def test_each_point_is_labelled_by_what_tells_its_run_apart(runs, labels):
+    rows = [
+        {"run_name": f"run-{i}", "method": m, "learning_rate": lr, "seed": seed, "x": 0.5}
+        | {"train_runtime": 1.0 + i, "energy_joules": None}
+        for i, (m, lr, seed) in enumerate(runs)
+    ]
+    axes = compare_module["draw_plot"](rows, "x").axes[0]
+    assert [text.get_text() for text in axes.texts] == labels
+    assert axes.get_xlabel() == "runtime (s)"
+
+
+def study_runs(client, experiment_id: str, study_dir) -> tuple[str, dict[str, str]]:
+    """A study's parent run and its children as the study driver tags them, beside a run of no study; the parent's
+    id and each child's run id by name."""
+    parent = client.create_run(
+        experiment_id, run_name="study-tiny",
+        tags={"study": "tiny", "study_output_dir": str(study_dir.resolve()), "study_role": "parent"},
+    ).info.run_id  # fmt: skip
+    children = {}
+    for phase, method, rate, seed in [
+        ("sweep", "lora", "0.001", 1), ("sweep", "lora", "0.01", 1), ("final", "lora", "0.01", 2),
+        ("final", "lora", "0.01", 3), ("final", "bitfit", "0.1", 2), ("final", "bitfit", "0.1", 3),
+    ]:  # fmt: skip
+        name = f"{method}-lr{rate}-seed{seed}"
+        tags = {"mlflow.parentRunId": parent, "study_role": "child", "phase": phase, "method": method}
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        client.log_param(run_id, "learning_rate", rate)
+        client.log_param(run_id, "seed", seed)
+        client.log_metric(run_id, "best_eval_loss", 1.0 + seed / 10)
+        client.log_metric(run_id, "train_runtime", 10.0 * seed)
+        children[name] = run_id
+    log_run(client, experiment_id, "fft", {"best_eval_loss": 0.5, "train_runtime": 3.0}, 100.0)
+    return parent, children
+
+
+def test_the_comparison_can_be_kept_to_a_studys_finals(store, tmp_path):
+    client, experiment_id = new_experiment(store, "studied", tmp_path)
+    study_dir = tmp_path / "study"
+    study_dir.mkdir()
+    parent, children = study_runs(client, experiment_id, study_dir)
+    finals = {name for name in children if "seed1" not in name}
+
+    for study in (str(study_dir), parent):  # the study's output folder, or its run id
+        result = invoke(store, "--study", study, "--phase", "final", "--output-dir", str(tmp_path / "out"))
+        assert result.exit_code == 0, result.output
+        shown = {line.split()[0]: line.split() for line in result.output.split("\n\n")[0].splitlines()[2:]}
+        assert set(shown) == finals, "the study's finals alone: no sweep run, no run of another study"
+        assert {cells[2] for cells in shown.values()} == {"final"}
+        assert shown["lora-lr0.01-seed2"][3:5] == ["0.01", "2"], "the learning rate and seed have columns"
+    rows = compare_module["collect_rows"](client, experiment_id, "best_eval_loss", parent, "sweep")
+    assert [row["run_name"] for row in rows] == ["lora-lr0.001-seed1", "lora-lr0.01-seed1"]
+    labels = [label for label, _, _ in compare_module["plot_points"](rows, "best_eval_loss", "train_runtime")]
+    assert labels == ["lora lr 0.001", "lora lr 0.01"]
+    elsewhere = invoke(store, "--study", parent, "--experiment-name", "other", "--output-dir", str(tmp_path / "out"))
+    assert elsewhere.exit_code == 2 and "ran in experiment 'studied', not 'other'" in elsewhere.output
+    summaries = client.search_runs([experiment_id], "tags.summary = 'true'")
+    assert {s.data.params.get("study_run_id") for s in summaries} == {parent}
+    assert {s.data.params.get("phase") for s in summaries} == {"final"}
+
+
+def test_a_study_that_is_not_there_is_a_clear_error(store, tmp_path):
+    client, experiment_id = new_experiment(store, "no-study", tmp_path)
+    plain = log_run(client, experiment_id, "lora", {"best_eval_loss": 0.5}, 0.4)
+    out = str(tmp_path / "out")
+    for study, message in [
+        (plain, f"--study {plain}: run 'lora-synthetic' is no study's parent run"),
+        ("no-such-run", "--study no-such-run: neither a folder nor a run"),
+        (str(tmp_path), f"no study ran in {tmp_path.resolve()}"),
+    ]:
+        result = invoke(store, "--study", study, "--output-dir", out)
+        assert result.exit_code == 1 and message in result.output, result.output
+    result = invoke(store, "--output-dir", out)
+    assert result.exit_code == 2 and "give --experiment-name, --study, or both" in result.output
