@@ -3,7 +3,8 @@
 `run` sweeps each method's learning rates, picks each method's rate on dev loss, trains every method at its rate
 over the spec's seeds, and scores every final model on the held-out benchmark: each training and evaluation is the
 real script, as a user runs it, logged as a nested run of one MLflow parent run. Rerunning the same command after
-a crash finishes the study without retraining what is done. `status` prints each child's state. See docs/study.md.
+a crash finishes the study without retraining what is done. `status` prints each child's state. `verdict` compares
+methods scored anywhere, from a table of per-task scores, as a study's report does. See docs/study.md.
 """
 
 import fcntl
@@ -109,6 +110,22 @@ def status(output_dir: Path, tracking_uri: str | None) -> None:
     counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "running", "interrupted", "pending")}
     click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
     click.echo(f"In MLflow: {study_link(output_dir, tracking_uri)}")
+
+
+@main.command()
+@click.argument("scores", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Where the verdict goes."
+)
+def verdict(scores: Path, output_dir: Path) -> None:
+    """Compare the methods in SCORES, a CSV table with columns method, seed, task_id, score (in [0, 1]; one row per
+    method, seed and task; further columns: per-run costs): write summary.csv, pairs.csv and report.md."""
+    from shared.study.score_table import read_score_table
+    from shared.study.verdict import write_verdict
+
+    table = read_score_table(scores)
+    intro = [f"From `{scores}`: {len(table.methods)} methods, {', '.join(table.methods)}."]
+    click.echo(f"Verdict: {write_verdict(table, output_dir, f'Verdict: {scores.name}', intro, [])}")
 
 
 if __name__ == "__main__":

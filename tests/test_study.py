@@ -127,7 +127,7 @@ def test_a_study_sweeps_selects_and_scores_each_method_at_its_own_rate(tmp_path,
         assert float(row["exact_match_mean"]) == pytest.approx(sum(scores) / len(scores))
         assert float(row["learning_rate"]) == chosen[method] and row["seeds"] == "2"
     [pair] = list(csv.DictReader((report / "pairs.csv").open()))
-    assert {pair["a"], pair["b"]} == set(methods) and 0 <= float(pair["p_holm"]) <= 1
+    assert {pair["a"], pair["b"]} == set(methods) and 0 <= float(pair["p_value_holm_adjusted"]) <= 1
     curve = [row for row in csv.DictReader((report / "expected_best.csv").open()) if row["method"] == "lora"]
     assert [row["trials"] for row in curve] == ["1", "2"]
     lora_sweep = [run.data.metrics["best_eval_loss"] for (m, _, _), run in sweep.items() if m == "lora"]
