@@ -13,11 +13,18 @@ from shared.evaluate.contamination import contaminated_tasks
 from shared.study.spec import DEFAULT_LEARNING_RATES, SpecError, load_command, load_spec
 
 
+def model_folder(folder: Path) -> Path:
+    """A folder the spec check takes for a model (it reads no weights)."""
+    (folder / "model").mkdir(exist_ok=True)
+    (folder / "model" / "config.json").write_text("{}")
+    return folder / "model"
+
+
 def write_spec(folder: Path, **changes) -> Path:
     (folder / "train.json").write_text(json.dumps([{"input": "a", "output": "b"}]))
     spec = {
         "name": "tiny",
-        "base_model": "models/tiny",
+        "base_model": str(model_folder(folder)),
         "dataset": str(folder / "train.json"),
         "evaluation": {"benchmark": "humaneval", "k": [1], "max_new_tokens": 8},
         "flags": {"max_steps": 4, "batch_size": 2, "packing": False},
@@ -51,7 +58,7 @@ def test_numbers_written_as_yaml_1_1_strings_are_the_numbers_a_person_means(tmp_
     (tmp_path / "train.json").write_text(json.dumps([{"input": "a", "output": "b"}]))
     path = tmp_path / "spec.yaml"
     path.write_text(
-        f"name: tiny\nbase_model: models/tiny\ndataset: {tmp_path / 'train.json'}\n"
+        f"name: tiny\nbase_model: {model_folder(tmp_path)}\ndataset: {tmp_path / 'train.json'}\n"
         "evaluation: {benchmark: humaneval, max_new_tokens: 8e0}\n"
         "flags: {max_steps: 1e1, weight_decay: 1e-2, warmup_steps: 2.0}\n"
         "methods: {lora: {learning_rates: [3e-3, 3e-2]}}\n"
@@ -94,6 +101,8 @@ def test_final_seeds_are_drawn_apart_from_the_sweep_seeds_unless_reuse_is_asked_
         ({"dataset": ["missing.json"]}, "dataset[0]: missing.json is not a file"),
         ({"dataset": [{"path": "a.json"}]}, "dataset[0]: required: expected a non-empty string"),
         ({"name": None}, "name: required"),
+        ({"base_model": "models/absent"}, "base_model models/absent: there is no folder models/absent here, and HF_"),
+        ({"base_model": "/nowhere/model.gguf"}, "base_model /nowhere/model.gguf: no such GGUF file"),
         ({"seeds": [2, 2]}, "seeds: expected distinct integer seeds"),
         ({"seeds": [2, "two"]}, "seeds: expected distinct integer seeds"),
         ({"seeds": [2, 2.5]}, "seeds: expected distinct integer seeds"),
@@ -150,6 +159,8 @@ def test_the_shipped_example_spec_is_valid(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # its paths are relative to where the study runs: the files the README makes
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "humaneval.json").write_text(json.dumps([{"input": "a", "output": "b"}]))
+    (tmp_path / "models").mkdir()
+    model_folder(tmp_path / "models").rename(tmp_path / "models" / "tiny-qwen2")
     spec = load_spec(REPO / "studies" / "tiny-example.yaml")
     assert set(spec.methods) == {"lora", "bitfit"} and spec.benchmark == "humaneval"
     assert not set(spec.seeds) & set(spec.sweep_seeds), "the example reuses no sweep winner as a final"

@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from shared.model_source import ModelSourceError, check_model_source
+
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ("lora", "qlora", "bitfit", "prefix", "fft")
 
@@ -105,6 +107,10 @@ def load_spec(path: Path) -> StudySpec:
         raise where.error(unknown[0], f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
     name = where.text(raw, "name")
     base_model = where.text(raw, "base_model")
+    try:
+        check_model_source(base_model, f"{path}: base_model")
+    except ModelSourceError as err:
+        raise SpecError(err.format_message()) from None
     dataset = where.existing_files(raw, "dataset")
     dev_dataset = where.existing_file(raw, "dev_dataset") if raw.get("dev_dataset") is not None else None
     common = where.mapping(raw, "flags")
