@@ -10,9 +10,10 @@ from conftest import REPO, only_run, run_in_process, script_env
 
 
 def demo_training_command() -> list[str]:
-    """The `python methods/lora/train.py ...` line of demo.sh, its continuation lines joined, split as bash does."""
+    """The tiny demo's `python methods/lora/train.py ...` line, its continuation lines joined, split as bash does."""
     script = (REPO / "scripts/demo.sh").read_text().replace("\\\n", " ")
-    [line] = [line for line in script.splitlines() if line.startswith("python methods/lora/train.py")]
+    trainings = [line for line in script.splitlines() if line.startswith("python methods/lora/train.py")]
+    [line] = [line for line in trainings if "models/tiny-qwen2" in line]
     return shlex.split(re.sub(r'"[^"]*\$\(date[^"]*"', "OUT", line))[2:]
 
 
@@ -50,7 +51,8 @@ def test_the_demo_trains_lora_on_the_bundled_humaneval_records(tmp_path, tiny_qw
 def test_the_demo_ends_with_the_link_that_opens_its_experiments_runs_table(tmp_path):
     """demo.sh's closing line, run on a run file as its training writes one."""
     script = (REPO / "scripts/demo.sh").read_text()
-    closing = script[script.rindex('echo "Done.') :]
+    function = script[script.index("where_to_look() {") :]
+    closing = function[: function.index("\n}\n") + 3] + script[script.rindex('echo "Done.') :]
     (tmp_path / "mlflow_run.json").write_text(json.dumps({"run_id": "0123", "experiment_id": "7"}))
     env = script_env({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000", "out": str(tmp_path)})
     result = subprocess.run(["bash", "-c", closing], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
