@@ -25,7 +25,6 @@ def test_costs_add_over_segments_with_the_highest_peak_and_energy_unknown_once_a
     assert total == Costs(15.0, 10.0, 600.0, None, 20.0, 900.0, 2)
     assert total.metrics(tokens=3000) == {
         "train_runtime": 15.0,
-        "peak_memory_mb": 900.0,
         "train_tokens_per_second": 300.0,  # every token over the time in training steps
         "energy_joules": 600.0,
         "avg_power_watts": 30.0,  # joules over the meters' seconds

@@ -251,7 +251,7 @@ def test_measured_energy_becomes_metrics_and_a_power_series(store, tmp_path):
         (out / "adapter_config.json").write_text("{}")
         energy.write(out / "energy.json")
         costs = RunCosts(lambda: None).total(4.0, energy)
-        log_training_outputs(outbox, out, energy, costs, best_eval_loss=1.5, tokens=30_000, final_step=10)
+        log_training_outputs(outbox, out, energy, costs, best_eval_loss=1.5, tokens=30_000)
     client, run_id = MlflowClient(store), outbox.run_id
     metrics = client.get_run(run_id).data.metrics
     assert metrics["energy_joules"] == 600.0 and metrics["avg_power_watts"] == 150.0

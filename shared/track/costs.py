@@ -40,11 +40,11 @@ class Costs:
         return Costs(**{**total, "peak_memory_mb": max(self.peak_memory_mb, segment.peak_memory_mb)})
 
     def metrics(self, tokens: int) -> dict[str, float]:
-        """The run's cost metrics, `tokens` being every token it trained on; what was not measured is left out."""
+        """The run's end-of-run cost metrics, `tokens` being every token it trained on; what was not measured is left
+        out. Peak memory is not among them: each value of the step series is already the run's peak so far."""
         joules, seconds = self.energy_joules, self.step_seconds
         metrics = {
             "train_runtime": self.train_runtime,
-            "peak_memory_mb": self.peak_memory_mb,
             "train_tokens_per_second": tokens / seconds if seconds > 0 else None,
             "energy_joules": joules,
             "avg_power_watts": joules / self.energy_seconds if joules is not None and self.energy_seconds else None,

@@ -260,19 +260,15 @@ def log_training_outputs(
     *,
     best_eval_loss: float,
     tokens: int,
-    final_step: int,
 ) -> None:
     """End-of-run metrics, and the saved model, energy report and trainer state as artifacts.
 
     The cost metrics are the run's, over every segment of a resumed training (shared.track.costs.Costs.metrics);
-    peak_memory_mb is logged at the final step, where it is the latest value of the series the steps logged.
     energy.json and the gpu_power_watts series are this job's meter alone.
     Adapters are uploaded whole. A full model's weights (gigabytes for a real model) stay in the output
     directory, whose path the run records; its config and tokenizer are uploaded.
     """
-    metrics = costs.metrics(tokens)
-    outbox.log_metrics({"peak_memory_mb": metrics.pop("peak_memory_mb")}, step=final_step)
-    outbox.log_metrics({"best_eval_loss": best_eval_loss, **metrics}, step=0)
+    outbox.log_metrics({"best_eval_loss": best_eval_loss, **costs.metrics(tokens)}, step=0)
     if costs.energy_joules is None:
         outbox.set_tag("energy_unavailable", energy.reason or "an earlier segment of the run could not measure it")
     if energy.available:

@@ -136,7 +136,6 @@ def train(
                 costs.total(runtime, energy),
                 best_eval_loss=trainer.state.best_metric,
                 tokens=trainer.state.num_input_tokens_seen,
-                final_step=trainer.state.global_step,
             )
             marker = {
                 "run_id": outbox.run_id,
