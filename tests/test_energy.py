@@ -294,6 +294,22 @@ def test_failure_at_final_reading_is_unavailable(install):
     assert fake.calls[-1] == "shutdown"
 
 
+def test_a_reading_mid_run_is_the_energy_so_far_and_the_meter_runs_on(install):
+    counter = [1_000_000, 1_020_000, 1_040_000, 1_100_000]  # start, two readings, stop
+    install([FakeGpu("NVIDIA H100", "GPU-aaa", counter), FakeGpu("Tesla T4", "GPU-bbb", None)])
+    meter = EnergyMeter(interval=60, powercap_root=NO_RAPL)  # no tick of its own: the test drives them
+    meter.start()
+    failed = meter.reading()
+    assert failed.available is False and "too few power readings from Tesla T4" in failed.reason
+    meter._tick()
+    so_far = meter.reading()
+    assert so_far.available is True and so_far.devices[0]["joules"] == pytest.approx(40.0)
+    assert so_far.power_samples == [], "the series is the final report's"
+    final = meter.stop()
+    assert final.available is True, "a failed reading leaves the meter as it was"
+    assert final.devices[0]["joules"] == pytest.approx(100.0) and final.power_samples
+
+
 def test_shutdown_called_once_after_stop(install):
     fake = install(two_gpus())
 
