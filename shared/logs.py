@@ -35,6 +35,9 @@ class DropMessages(logging.Filter):
 def quiet_library_noise() -> None:
     """Attach the filters to the loggers named in NOISE; they act once the library logs, even if imported later."""
     warnings.filterwarnings("ignore", message=DEPRECATED_BY_A_LIBRARY, category=FutureWarning)
+    # MLflow draws a progress bar for every artifact it downloads (a study's report reads one per final run);
+    # read on each download, so a user's own setting still wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in {name for name, _ in NOISE}:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropMessages) for f in logger.filters):

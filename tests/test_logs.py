@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, REPO, only_run, run_script
+from conftest import FAST, REPO, only_run, run_script, script_env
 from shared.logs import process_rank, quiet_library_noise
 
 AVX512BF16 = {"PYTHONPATH": str(Path(__file__).resolve().parent / "avx512bf16")}
@@ -69,3 +69,32 @@ def test_the_rank_comes_from_the_launcher_and_is_0_without_one(monkeypatch):
     assert process_rank() == 0
     monkeypatch.setenv("RANK", "3")
     assert process_rank() == 3
+
+
+DOWNLOAD = """
+import sys
+{prelude}
+import mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run() as run:
+    mlflow.log_text("hello", "report/notes.txt")
+mlflow.MlflowClient().download_artifacts(run.info.run_id, "report/notes.txt", sys.argv[2])
+"""
+
+
+def test_artifact_downloads_draw_no_progress_bar(tmp_path):
+    """MLflow draws a bar per download (a study's report makes one per final run); shared's import turns it off."""
+
+    def stderr_of(prelude: str, name: str) -> str:
+        (tmp_path / name).mkdir()
+        store = f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+        code = DOWNLOAD.format(prelude=prelude)
+        result = subprocess.run(
+            [sys.executable, "-c", code, store, str(tmp_path / name)],
+            capture_output=True, text=True, cwd=REPO, env=script_env(), timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stderr
+
+    assert "Downloading artifacts" in stderr_of("", "plain"), "MLflow's bar: what the setting removes"
+    assert "Downloading artifacts" not in stderr_of("import shared", "quiet")
