@@ -73,6 +73,15 @@ def test_numbers_written_as_yaml_1_1_strings_are_the_numbers_a_person_means(tmp_
     assert spec.seeds == (2, 3)
 
 
+def test_an_option_given_several_times_is_a_list_in_a_spec(tmp_path):
+    methods = {"bitfit": {"flags": {"trainable_pattern": ["norm", "embed"]}}}
+    assert load_spec(write_spec(tmp_path, methods=methods)).methods["bitfit"].arguments[-4:] == (
+        "--trainable-pattern", "norm", "--trainable-pattern", "embed",
+    )  # fmt: skip
+    with pytest.raises(SpecError, match="methods.bitfit.flags.trainable_pattern: expected a list, got 'norm'"):
+        load_spec(write_spec(tmp_path, methods={"bitfit": {"flags": {"trainable_pattern": "norm"}}}))
+
+
 def test_final_seeds_are_drawn_apart_from_the_sweep_seeds_unless_reuse_is_asked_for(tmp_path):
     assert load_spec(write_spec(tmp_path, seeds=None, sweep_seeds=[1, 3])).seeds == (2, 4, 5)
     assert load_spec(write_spec(tmp_path, seeds=None)).seeds == (2, 3, 4)

@@ -233,7 +233,7 @@ def _option_arguments(where: "_Where", key: str, param: click.Option, value: Any
     for item in values:
         text = ",".join(map(str, item)) if isinstance(item, list) else _text(param, item)  # evaluation k: [1, 10]
         try:
-            param.type_cast_value(context, text)
+            param.type_cast_value(context, [text] if param.multiple else text)
         except click.BadParameter as err:
             raise where.error(key, err.format_message()) from None
         arguments += [param.opts[0], text]
