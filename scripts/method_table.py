@@ -5,6 +5,7 @@ Each method runs in its own process with the same flags, one after another, into
 """
 
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -23,11 +24,10 @@ MERGE_NEEDED = {
     "prefix": "no (adapter)",
     "fft": "no",
 }
-START, END = "<!-- method-table:start -->", "<!-- method-table:end -->"
 
 
-def measure(method: str, base_model: str, dataset: Path, steps: int, workdir: Path) -> dict:
-    """Train METHOD for STEPS steps and return its run's params and metrics."""
+def measure(method: str, base_model: str, dataset: Path, steps: int, workdir: Path, extra: list[str]) -> dict:
+    """Train METHOD for STEPS steps (plus its EXTRA flags) and return its run's params and metrics."""
     from mlflow import MlflowClient
 
     store = f"sqlite:///{workdir}/mlflow.db"
@@ -36,6 +36,7 @@ def measure(method: str, base_model: str, dataset: Path, steps: int, workdir: Pa
         "--dataset", str(dataset), "--output-dir", str(workdir / method), "--max-steps", str(steps),
         "--eval-steps", str(steps), "--logging-steps", "1", "--max-length", "512",
         "--batch-size", "4", "--gradient-accumulation", "2", "--tracking-uri", store, "--experiment-name", "table",
+        *extra,
     ]  # fmt: skip
     click.echo(f"Training {method} for {steps} steps ...", err=True)
     result = subprocess.run(command, capture_output=True, text=True)
@@ -68,11 +69,23 @@ def markdown_table(rows: list[dict], hardware: str) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, table: str) -> str:
-    """Put TABLE between the method-table markers of a README text."""
-    if START not in text or END not in text:
-        raise click.ClickException(f"the README has no {START} ... {END} block to fill")
-    return re.sub(f"{re.escape(START)}.*?{re.escape(END)}", f"{START}\n{table}\n{END}", text, flags=re.DOTALL)
+def replace_block(text: str, table: str, block: str = "method-table") -> str:
+    """Put TABLE between the BLOCK markers of a README text (`<!-- BLOCK:start -->`, `<!-- BLOCK:end -->`)."""
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+    if start not in text or end not in text:
+        raise click.ClickException(f"the README has no {start} ... {end} block to fill")
+    return re.sub(f"{re.escape(start)}.*?{re.escape(end)}", f"{start}\n{table}\n{end}", text, flags=re.DOTALL)
+
+
+def parse_method_flags(given: tuple[str, ...]) -> dict[str, list[str]]:
+    """{method: its extra flags} from METHOD=FLAGS items."""
+    flags = {}
+    for item in given:
+        method, separator, words = item.partition("=")
+        if not separator or method.strip() not in METHODS:
+            raise click.BadParameter(f"{item!r}: expected METHOD=FLAGS with a method of {', '.join(METHODS)}")
+        flags[method.strip()] = shlex.split(words)
+    return flags
 
 
 @click.command(cls=Command)
@@ -82,12 +95,26 @@ def replace_block(text: str, table: str) -> str:
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--hardware", default="this machine's CPU", show_default=True, help="Said under the table.")
 @click.option("--update-readme", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="README to fill.")
+@click.option("--block", default="method-table", show_default=True, help="The README block to fill.")
+@click.option(
+    "--method-flags",
+    multiple=True,
+    help="METHOD=FLAGS: more flags for one method, e.g. 'bitfit=--trainable-pattern norm' for a model without biases.",
+)
 def main(
-    methods: str, base_model: str | None, dataset: Path | None, steps: int, hardware: str, update_readme: Path | None
+    methods: str,
+    base_model: str | None,
+    dataset: Path | None,
+    steps: int,
+    hardware: str,
+    update_readme: Path | None,
+    block: str,
+    method_flags: tuple[str, ...],
 ):
     """Print (and optionally write into a README) the per-method cost table."""
+    extra = parse_method_flags(method_flags)
     if update_readme:
-        replace_block(update_readme.read_text(), "")  # refuse a README without the block before training
+        replace_block(update_readme.read_text(), "", block)  # refuse a README without the block before training
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
         if base_model is None:
@@ -102,11 +129,12 @@ def main(
                 check=True,
                 capture_output=True,
             )
-        rows = [measure(m.strip(), base_model, dataset, steps, workdir) for m in methods.split(",")]
+        chosen = [m.strip() for m in methods.split(",")]
+        rows = [measure(m, base_model, dataset, steps, workdir, extra.get(m, [])) for m in chosen]
     table = markdown_table(rows, hardware)
     click.echo(table)
     if update_readme:
-        update_readme.write_text(replace_block(update_readme.read_text(), table))
+        update_readme.write_text(replace_block(update_readme.read_text(), table, block))
         click.echo(f"Updated {update_readme}", err=True)
 
 

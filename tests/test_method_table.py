@@ -2,9 +2,10 @@
 
 import re
 
+import click
 import pytest
 
-from conftest import run_script
+from conftest import load_command, run_script
 
 
 @pytest.mark.slow
@@ -36,3 +37,16 @@ def test_a_readme_without_the_block_is_refused(tmp_path, tiny_qwen2, synthetic_d
     )  # fmt: skip
     assert result.returncode == 1 and "method-table:start" in result.stderr
     assert readme.read_text() == "# No block here\n"
+
+
+def test_a_named_block_is_filled_and_the_others_kept():
+    replace_block = load_command("scripts/method_table.py").callback.__globals__["replace_block"]
+    text = "<!-- method-table:start -->\ntiny\n<!-- method-table:end -->\n<!-- real:start -->\nold\n<!-- real:end -->\n"
+    assert replace_block(text, "new", "real") == text.replace("old", "new")
+
+
+def test_per_method_flags_are_read_and_a_bad_one_refused():
+    parse = load_command("scripts/method_table.py").callback.__globals__["parse_method_flags"]
+    assert parse(("bitfit=--trainable-pattern 'norm|embed'",)) == {"bitfit": ["--trainable-pattern", "norm|embed"]}
+    with pytest.raises(click.BadParameter, match="'adalora=--x': expected METHOD=FLAGS"):
+        parse(("adalora=--x",))
