@@ -79,3 +79,18 @@ def test_a_folder_that_is_not_a_model_and_a_stray_file_are_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     assert refusal(str(tmp_path)) == f"--base-model {tmp_path} holds no config.json: it is not a model folder"
     assert "is a file, not a model folder or a .gguf file" in refusal(str(tmp_path / "notes.txt"))
+
+
+def test_evaluation_refuses_an_adapters_base_that_cannot_load(monkeypatch, tmp_path):
+    """evaluate.py reads the adapter's base from its config, or --base-model: both are checked like a training's."""
+    from shared.evaluate.generation import detect_output
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    (tmp_path / "adapter").mkdir()
+    config = tmp_path / "adapter" / "adapter_config.json"
+    config.write_text('{"peft_type": "LORA", "base_model_name_or_path": "models/gone"}')
+    with pytest.raises(ModelSourceError, match=f"{config}: base_model_name_or_path models/gone: there is no folder"):
+        detect_output(tmp_path / "adapter")
+    with pytest.raises(ModelSourceError, match="--base-model models/elsewhere: there is no folder models/elsewhere"):
+        detect_output(tmp_path / "adapter", "models/elsewhere")

@@ -61,7 +61,8 @@ def detect_output(path: Path, base_model: str | None = None) -> TrainedOutput:
         base = base_model or config.get("base_model_name_or_path")
         if not base:
             raise ModelFolderError(f"{adapter_config} names no base model: pass --base-model")
-        return TrainedOutput(path, kind, base)
+        check_model_source(base, "--base-model" if base_model else f"{adapter_config}: base_model_name_or_path")
+        return TrainedOutput(path, kind, model_folder(base))
     if (path / "config.json").is_file() and any((path / name).is_file() for name in WEIGHT_FILES):
         return TrainedOutput(path, "full model", None)
     raise ModelFolderError(
