@@ -725,7 +725,8 @@ def test_compressed_livecodebench_tests_are_refused_naming_the_record(tmp_path):
 
 
 def test_a_prefix_adapter_is_never_sent_to_vllm(tmp_path):
-    config = {"peft_type": "PREFIX_TUNING", "base_model_name_or_path": "Qwen/Qwen2.5-0.5B", "num_virtual_tokens": 4}
+    base = write(tmp_path / "base" / "config.json", "{}").parent
+    config = {"peft_type": "PREFIX_TUNING", "base_model_name_or_path": str(base), "num_virtual_tokens": 4}
     adapter = write(tmp_path / "prefix" / "adapter_config.json", json.dumps(config)).parent
     result = evaluate(
         "--model",

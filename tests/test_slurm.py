@@ -222,7 +222,9 @@ def test_a_study_runs_each_phase_as_an_array_job(tmp_path, tiny_qwen2, synthetic
     """scripts/study.py --launcher slurm: the sweep and the evaluation each one array job, the driver waiting."""
     from test_study import study_runs, write_study
 
-    spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, {"lora": {"learning_rates": [1e-3, 1e-2]}}, [1])
+    methods = {"lora": {"learning_rates": [1e-3, 1e-2]}}
+    # The final at seed 1 is the sweep's run itself: no final phase to train, two array jobs in all.
+    spec = write_study(tmp_path, tiny_qwen2, synthetic_dataset, methods, [1], reuse_sweep_seeds=True)
     store = f"sqlite:///{tmp_path}/mlflow.db"
     result = subprocess.run(
         [
