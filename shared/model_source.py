@@ -5,6 +5,7 @@ Used by a training's checks, evaluation and the study's spec check alike. Light 
 unless the model is a GGUF file, and then only to ask transformers which architectures it reads.
 """
 
+import functools
 import hashlib
 import json
 import urllib.error
@@ -44,7 +45,8 @@ def check_model_source(name: str, label: str = "--base-model") -> dict[str, str]
     if is_gguf(name):
         if not path.is_file():
             raise ModelSourceError(f"{label} {name}: no such GGUF file")
-        return gguf_params(path, read_gguf_header(path, label))
+        stat = path.stat()
+        return dict(_checked_gguf(path.resolve(), stat.st_size, stat.st_mtime_ns, label))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"{label} {name} holds no config.json: it is not a model folder")
@@ -56,6 +58,13 @@ def check_model_source(name: str, label: str = "--base-model") -> dict[str, str]
         raise ModelSourceError(f"{label} {name}: no such folder")
     check_hub_model(name, label)
     return {}
+
+
+@functools.cache
+def _checked_gguf(path: Path, size: int, mtime_ns: int, label: str) -> dict[str, str]:
+    """A GGUF file's header checked and its sha256 taken once per process and version of the file: a training
+    checks it, then loads its tokenizer and model through it (seconds each for the header and the digest)."""
+    return gguf_params(path, read_gguf_header(path, label))
 
 
 def check_hub_model(name: str, label: str) -> None:
