@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from shared.precision import SwitchOrAuto
+
 DEFAULT_EXPERIMENT = "peft-comparison"
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 # Names as transformers' TrainingArguments takes them (listed here so that --help imports nothing heavy).
@@ -195,7 +197,17 @@ _COMMON_OPTIONS = [
         show_default=True,
         help="Seeds the dev split, the data order and the adapter initialisation.",
     ),
-    click.option("--bf16", is_flag=True, help="Train in bfloat16 mixed precision (base weights loaded in bfloat16)."),
+    click.option(
+        "--bf16",
+        type=SwitchOrAuto(),
+        is_flag=False,
+        flag_value=True,
+        default=False,
+        show_default=True,
+        help="Train in bfloat16 mixed precision (base weights loaded in bfloat16). auto: where the hardware computes "
+        "in bfloat16 (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX), float32 elsewhere; the run's "
+        "mixed_precision param says which.",
+    ),
     click.option("--fp16", is_flag=True, help="Train in float16 mixed precision (CUDA only)."),
     # evaluation and early stopping
     click.option(

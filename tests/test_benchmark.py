@@ -1,5 +1,6 @@
 """The benchmark beside its baseline, and the speed levers it measures: bounded packed rows keep the loss."""
 
+import importlib.util
 import json
 
 import pytest
@@ -50,7 +51,7 @@ def test_benchmark_reports_each_configuration_beside_the_baseline(tiny_qwen2, tm
     records = [{**r, "output": r["output"] * (1 + i % 4)} for i, r in enumerate(spelled_digits(80))]
     dataset = tmp_path / "varied.json"
     dataset.write_text(json.dumps(records))
-    output = tmp_path / "bench.json"
+    output, gpu = tmp_path / "bench.json", torch.cuda.is_available()
     result = run_script(
         "scripts/benchmark.py", "--methods", "lora", "--base-model", tiny_qwen2, "--dataset", dataset,
         "--steps", 3, "--warmup-steps", 1, "--batch-size", 4, "--output", output, cwd=tmp_path,
@@ -60,8 +61,13 @@ def test_benchmark_reports_each_configuration_beside_the_baseline(tiny_qwen2, tm
     report = json.loads(output.read_text())
     assert report["settings"]["steps"] == 3 and "6N" in report["flop_formula"]
     rows = {row["name"]: row for row in report["configurations"]}
-    assert list(rows) == ["baseline", "lora"]
-    baseline, lora = rows["baseline"], rows["lora"]
+    trl = importlib.util.find_spec("trl") is not None
+    assert list(rows) == ["baseline", "flattening", *(["trl"] if trl else []), "lora"]
+    assert report["skipped"] == ({} if trl else {"trl": "the trl package is not installed here"})
+    assert ("Not measured: trl" in result.stdout) is not trl
+    baseline, flattening, lora = rows["baseline"], rows["flattening"], rows["lora"]
+    peak = report["peak_flops"]["float32"]
+    assert peak["flops"] > 1e8 and peak["source"] == ("measured float32 matrix product" if not gpu else peak["source"])
     for row in rows.values():
         assert row["steps_measured"] == 3 and row["warmup_steps"] == 1
         assert row["real_tokens_per_second"] > 0 and row["median_step_seconds"] > 0 and row["peak_memory_mb"] > 0
@@ -70,11 +76,17 @@ def test_benchmark_reports_each_configuration_beside_the_baseline(tiny_qwen2, tm
         )
         assert row["peak_memory_vs_baseline"] == pytest.approx(row["peak_memory_mb"] / baseline["peak_memory_mb"])
         assert 0 < row["training_memory_mb"] < row["peak_memory_mb"]
-        assert (row["mfu"] is None) == (not torch.cuda.is_available())
+        assert row["compute_dtype"] == "float32"
+        assert row["model_flops_per_token"] == flops_per_token(row["total_params"], full=False)
+        assert row["model_flops_per_second"] == pytest.approx(row["real_tokens_per_second"] * 4 * row["total_params"])
+        assert row["mfu"] == pytest.approx(row["model_flops_per_second"] / peak["flops"]) and 0 < row["mfu"] < 1
     assert baseline["real_tokens_per_second_vs_baseline"] == 1
     # The baseline pads each batch and puts a loss on every real token; LoRA packs and masks the prompt.
     assert baseline["padding_fraction"] > 0 and baseline["eval_pass_seconds"] is None
     assert baseline["trained_tokens_per_second"] == pytest.approx(baseline["real_tokens_per_second"])
+    # transformers' flattening collator puts a batch in one row: no padding, the loss on the completion only.
+    assert flattening["padding_fraction"] == 0
+    assert flattening["trained_tokens_per_second"] < flattening["real_tokens_per_second"]
     # Rows bounded by the longest sequence never hold more padding than a padded batch.
     assert lora["padding_fraction"] <= baseline["padding_fraction"]
     assert lora["trained_tokens_per_second"] < lora["real_tokens_per_second"]

@@ -91,6 +91,7 @@ def test_every_method_takes_the_same_common_flags():
         (["--bf16"], {"bf16": True}),
         (["--bf16", "true", "--fp16=false"], {"bf16": True, "fp16": False}),
         (["--bf16", "--resume"], {"bf16": True, "resume": True}),
+        (["--bf16", "AUTO"], {"bf16": "auto"}),
         (["--packing", "false"], {"packing": False}),
         (["--no_packing", "--dev_dataset", "README.md", "--eval_steps", "50"], {"packing": False, "eval_steps": 50}),
         (["--dataset", "README.md"], {"dataset": (Path("MLproject"), Path("README.md"))}),

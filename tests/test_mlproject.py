@@ -100,8 +100,8 @@ def sample_values(option: click.Parameter, folder: Path) -> list[str]:
         return [str(path)]
     if isinstance(option.type, click.Choice):
         return [str(choice) for choice in option.type.choices]
-    if isinstance(option, click.Option) and option.is_flag:
-        return ["false", "true"]
+    if isinstance(option, click.Option) and (option.is_flag or option._flag_needs_value):
+        return ["false", "true", "auto"]  # auto: --bf16's third value
     return ["3", "2", "0.5", "64", "x1", "1", "zero2"]
 
 

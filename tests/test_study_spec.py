@@ -53,6 +53,12 @@ def test_a_good_spec_becomes_each_scripts_own_flags(tmp_path):
     assert (spec.sweep_seeds, spec.seeds, spec.experiment_name) == ((1,), (2, 3), "tiny")
 
 
+@pytest.mark.parametrize(("value", "arguments"), [("auto", ("--bf16", "auto")), (True, ("--bf16", "true"))])
+def test_bf16_is_a_switch_or_auto_in_a_spec(tmp_path, value, arguments):
+    spec = load_spec(write_spec(tmp_path, flags={"bf16": value}))
+    assert spec.methods["bitfit"].arguments == arguments
+
+
 def test_numbers_written_as_yaml_1_1_strings_are_the_numbers_a_person_means(tmp_path):
     """YAML 1.1 reads 3e-3 (no dot) as a string: in a grid, a seed list or a flag it is still the number."""
     (tmp_path / "train.json").write_text(json.dumps([{"input": "a", "output": "b"}]))
@@ -101,6 +107,7 @@ def test_final_seeds_are_drawn_apart_from_the_sweep_seeds_unless_reuse_is_asked_
         ({"flags": {"learning_rate": 1e-3}}, "flags.learning_rate: set by the study"),
         ({"flags": {"batch_size": "big"}}, "flags.batch_size: Invalid value for '--batch-size': 'big'"),
         ({"flags": {"packing": "yes"}}, "flags.packing: a switch: expected true or false"),
+        ({"flags": {"bf16": "maybe"}}, "flags.bf16: Invalid value for '--bf16': 'maybe' is not a valid boolean or"),
         ({"methods": {"lora": {"learning_rates": []}}}, "methods.lora.learning_rates: expected a non-empty list"),
         ({"methods": {"lora": {"learning_rates": [0.1, -1]}}}, "methods.lora.learning_rates: every learning rate"),
         ({"methods": {"lora": {"schedule": 1}}}, "methods.lora.schedule: unknown key"),

@@ -6,13 +6,14 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from shared.model.gguf import model_folder
+from shared.precision import bf16_enabled
 
 log = logging.getLogger(__name__)
 
 
 def weights_dtype(flags: dict) -> torch.dtype:
     """The dtype the base weights load in: the mixed-precision dtype when one is asked for, else float32."""
-    if flags["bf16"]:
+    if bf16_enabled(flags):
         return torch.bfloat16
     if flags["fp16"]:
         return torch.float16

@@ -243,6 +243,8 @@ def _option_arguments(where: "_Where", key: str, param: click.Option, value: Any
 def _text(param: click.Option, value: Any) -> str:
     """A value as the option reads it; a whole number written as 1.0e+3 or "1e3" is the integer an integer
     option wants."""
+    if isinstance(value, bool):
+        return str(value).lower()  # a switch that also takes another word (--bf16 true|false|auto)
     whole = _number(value)
     if isinstance(param.type, click.types.IntParamType) and whole is not None and whole.is_integer():
         return str(int(whole))

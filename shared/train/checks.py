@@ -21,6 +21,7 @@ from shared.data.sources import preparation_params
 from shared.logs import process_rank
 from shared.model_source import check_model_source
 from shared.outputs import check_output_dir, schedule
+from shared.precision import AUTO, mixed_precision
 from shared.track.redaction import redact_uri
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,15 @@ class CheckedInputs:
     checkpoint: str | None  # the checkpoint --resume continues from; None: training starts at step 0
     train_records: list[dict]
     dev_records: list[dict]
-    data_params: dict  # what identifies the data (and a GGUF base model's source) in MLflow
+    data_params: dict  # what identifies the data (a GGUF base model's source, the precision) in MLflow
 
 
 def check_inputs(flags: dict) -> CheckedInputs:
     """Every check that bad flags, a bad output directory, bad data or an absent tracking server can fail."""
     checkpoint = check_output_dir(flags["output_dir"], flags["resume"], schedule(flags))
-    check_precision(flags)
+    precision = check_precision(flags)
     check_schedule(flags)
-    model_params = check_model_source(flags["base_model"])
+    model_params = {**check_model_source(flags["base_model"]), **precision}
     check_weights_format(flags)
     check_attention(flags)
     if process_rank() == 0:  # only rank 0 talks to MLflow
@@ -61,11 +62,17 @@ def check_schedule(flags: dict) -> None:
         raise click.UsageError("pass --warmup-steps or --warmup-ratio, not both")
 
 
-def check_precision(flags: dict) -> None:
-    if flags["bf16"] and flags["fp16"]:
+def check_precision(flags: dict) -> dict[str, str]:
+    """The run's precision flags checked; returns the precision it trains in, as a param."""
+    if flags["bf16"] is True and flags["fp16"]:
         raise click.UsageError("--bf16 and --fp16 exclude each other: pick one")
     if flags["fp16"] and not cuda_available():
         raise click.UsageError("--fp16 needs a CUDA GPU; on CPU use --bf16 or neither")
+    precision = mixed_precision(flags)
+    if flags["bf16"] == AUTO:
+        found = "does" if precision == "bf16" else "does not"
+        log.info("--bf16 auto: this machine %s compute in bfloat16: mixed precision %s", found, precision)
+    return {"mixed_precision": precision}
 
 
 def load_records(flags: dict) -> tuple[list, list, dict]:

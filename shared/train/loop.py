@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 from shared.data.batching import batch_collator, tokenize_records
 from shared.model.loading import count_parameters, load_tokenizer
 from shared.outputs import COMPLETION_MARKER, schedule
+from shared.precision import bf16_enabled
 from shared.track.costs import RunCosts, earlier_costs
 from shared.track.energy import EnergyMeter, EnergyReport, sum_reports
 from shared.track.mlflow_run import (
@@ -27,6 +28,7 @@ from shared.track.mlflow_run import (
 )
 from shared.track.provenance import environment_record, log_datasets, model_revision
 from shared.train.checks import CheckedInputs
+from shared.train.completion_loss import CompletionLossTrainer
 from shared.train.dev_metrics import dev_metrics, reduce_logits
 from shared.train.failures import is_out_of_memory, out_of_memory
 from shared.train.preemption import EndedTrainingGuard, PreemptionCallback, TrainingEnded
@@ -95,7 +97,7 @@ def train(
                 inputs = {"training": (flags["dataset"], train_records), "dev": (flags["dev_dataset"], dev_records)}
                 log_datasets(inputs)
             callbacks.append(MlflowMetricsCallback(outbox, costs, collator))
-        trainer = Trainer(
+        trainer = CompletionLossTrainer(
             model=model,
             args=args,
             train_dataset=train_data.dataset,
@@ -217,7 +219,7 @@ def training_arguments(flags: dict, **overrides: Any) -> TrainingArguments:
         activation_checkpointing=flags["gradient_checkpointing"],
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=flags["bf16"],
+        bf16=bf16_enabled(flags),
         fp16=flags["fp16"],
         seed=flags["seed"],
         logging_steps=flags["logging_steps"],
