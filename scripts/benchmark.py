@@ -136,6 +136,26 @@ def time_shares(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def precision_loss_differences(rows: list[dict]) -> str:
+    """Each `... --bf16` configuration's training loss beside the same configuration's in float32, step by step."""
+    by_name = {row["name"]: row for row in rows}
+    lines = []
+    for name, row in by_name.items():
+        reference = by_name.get(" ".join(word for word in name.split() if word != "--bf16"))
+        if "--bf16" not in name.split() or reference is None:
+            continue
+        ours, theirs = dict(row["loss_curve"]), dict(reference["loss_curve"])
+        steps = sorted(set(ours) & set(theirs))
+        if not steps:
+            continue
+        pairs = ", ".join(f"{step}: {ours[step]:.4f} vs {theirs[step]:.4f}" for step in steps)
+        largest = max(abs(ours[s] - theirs[s]) / abs(theirs[s]) for s in steps)
+        lines.append(
+            f"- {name} vs {reference['name']}, training loss at step {pairs}; largest difference {largest:.2%}"
+        )
+    return "\n".join(lines)
+
+
 def help_seconds(env: dict) -> dict[str, float]:
     """Wall seconds of `--help` for every script: heavy imports belong to training, not to reading the flags."""
     seconds = {}
@@ -216,6 +236,13 @@ def prepare_inputs(workdir: Path, base_model: str | None, dataset: Path | None) 
     "--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Measured steps, after warm-up."
 )
 @click.option("--warmup-steps", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option(
+    "--logging-steps",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Training loss logged every N steps: the loss curves compared between precisions.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--gradient-accumulation", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--max-length", type=click.IntRange(min=8), default=1024, show_default=True)
@@ -241,6 +268,7 @@ def main(
     dataset: Path | None,
     steps: int,
     warmup_steps: int,
+    logging_steps: int,
     batch_size: int,
     gradient_accumulation: int,
     max_length: int,
@@ -273,8 +301,9 @@ def main(
         base_model, dataset = prepare_inputs(workdir, base_model, dataset)
         common = [
             "--base-model", base_model, "--dataset", str(dataset), "--max-steps", str(steps + warmup_steps),
-            "--eval-steps", str(steps + warmup_steps), "--batch-size", str(batch_size),
-            "--gradient-accumulation", str(gradient_accumulation), "--max-length", str(max_length),
+            "--eval-steps", str(steps + warmup_steps), "--logging-steps", str(logging_steps),
+            "--batch-size", str(batch_size), "--gradient-accumulation", str(gradient_accumulation),
+            "--max-length", str(max_length),
             "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--experiment-name", "benchmark", "--no-system-metrics",
         ]  # fmt: skip
         runs = {name: [] for name in configurations}
@@ -293,6 +322,9 @@ def main(
         click.echo(f"\nNot measured: {library} ({reason}).")
     click.echo()
     click.echo(time_shares(rows))
+    differences = precision_loss_differences(rows)
+    if differences:
+        click.echo(f"\nLoss, bfloat16 against float32 (same seed, data and steps):\n{differences}")
     click.echo(f"\n{FLOP_FORMULA}.")
     for dtype, peak in peaks.items():
         click.echo(f"Peak {dtype}: {peak['flops'] / 1e9:,.0f} GFLOP/s ({peak['source']}).")
@@ -304,6 +336,7 @@ def main(
             "dataset": "humaneval (built)" if str(dataset).startswith(str(workdir)) else str(dataset),
             "steps": steps,
             "warmup_steps": warmup_steps,
+            "logging_steps": logging_steps,
             "batch_size": batch_size,
             "gradient_accumulation": gradient_accumulation,
             "max_length": max_length,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import run_script, spelled_digits
+from conftest import REPO, run_script, spelled_digits
 from shared.data.batching import IGNORE_INDEX, batch_collator, tokenize_records
 from shared.train.speed_benchmark import flops_per_token
 
@@ -44,6 +44,21 @@ def test_bounded_rows_keep_the_padded_loss_and_no_row_outgrows_the_longest_seque
 def test_flops_per_token_counts_weight_gradients_only_when_every_weight_trains():
     assert flops_per_token(1000, full=True) == 6000
     assert flops_per_token(1000, full=False) == 4000
+
+
+def test_a_bf16_configurations_loss_is_set_beside_the_same_configuration_in_float32():
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts/benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    rows = [
+        {"name": "lora", "loss_curve": [[5, 2.0], [10, 1.0]]},
+        {"name": "lora --bf16", "loss_curve": [[5, 2.02], [10, 1.05]]},
+        {"name": "lora --one-row --bf16", "loss_curve": [[5, 1.0]]},  # no float32 twin: nothing to compare
+    ]
+    assert benchmark.precision_loss_differences(rows) == (
+        "- lora --bf16 vs lora, training loss at step 5: 2.0200 vs 2.0000, 10: 1.0500 vs 1.0000; "
+        "largest difference 5.00%"
+    )
 
 
 @pytest.mark.slow

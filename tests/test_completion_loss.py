@@ -9,7 +9,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from shared.data.batching import batch_collator, tokenize_records
-from shared.model.loading import lora_config
+from shared.model.lora import lora_config
 from shared.train.completion_loss import CompletionLossTrainer
 from shared.train.dev_metrics import dev_metrics, reduce_logits
 

@@ -13,11 +13,10 @@ from shared.train.job import run_training
 
 def attach_lora(flags: dict):
     """Load the base model and wrap its linear layers with trainable low-rank adapters."""
-    from peft import get_peft_model
+    from shared.model.loading import load_base_model
+    from shared.model.lora import add_lora_adapters
 
-    from shared.model.loading import load_base_model, lora_config
-
-    return get_peft_model(load_base_model(flags), lora_config(flags))
+    return add_lora_adapters(load_base_model(flags), flags)
 
 
 @click.command(cls=Command)

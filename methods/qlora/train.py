@@ -15,10 +15,11 @@ from shared.train.job import run_training
 def quantized_lora(flags: dict):
     """Load the base model quantized, prepare it for k-bit training, and attach LoRA adapters."""
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
 
-    from shared.model.loading import load_base_model, lora_config
+    from shared.model.loading import load_base_model
+    from shared.model.lora import add_lora_adapters
 
     compute_dtype = getattr(torch, flags["compute_dtype"])
     if flags["quant_bits"] == 4:
@@ -38,7 +39,7 @@ def quantized_lora(flags: dict):
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=flags["gradient_checkpointing"])
-    return get_peft_model(model, lora_config(flags))
+    return add_lora_adapters(model, flags)
 
 
 @click.command(cls=Command)

@@ -66,17 +66,3 @@ def count_parameters(model: torch.nn.Module) -> dict[str, float]:
         trainable = sum(size for size, requires_grad in sizes if requires_grad)
         total = sum(size for size, _ in sizes)
     return {"trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / total}
-
-
-def lora_config(flags: dict):
-    """The LoRA adapter settings from the --lora-* flags (shared by LoRA and QLoRA)."""
-    from peft import LoraConfig
-
-    targets = flags["target_modules"]
-    return LoraConfig(
-        r=flags["lora_r"],
-        lora_alpha=flags["lora_alpha"],
-        lora_dropout=flags["lora_dropout"],
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-        task_type="CAUSAL_LM",
-    )

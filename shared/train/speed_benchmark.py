@@ -46,6 +46,7 @@ class StepMeter(TrainerCallback):
         self.memory = TrainingMemory()
         self.params = {"trainable": 0, "total": 0}
         self.compute_dtype = "float32"
+        self.losses: list[tuple[int, float]] = []  # (step, training loss) as the Trainer logs it
 
     def counting(self, collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
         """COLLATE, counting what each batch it builds holds."""
@@ -93,6 +94,10 @@ class StepMeter(TrainerCallback):
         self.eval_seconds.append(time.perf_counter() - self.mark)
         self._restart()  # evaluation batches went through the collator too
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append((state.global_step, logs["loss"]))
+
     def on_save(self, args, state, control, **kwargs):
         self._restart()
 
@@ -136,6 +141,7 @@ class StepMeter(TrainerCallback):
                 self.params["total"], full=self.params["trainable"] == self.params["total"]
             ),
             "compute_dtype": self.compute_dtype,
+            "loss_curve": self.losses,
         }
 
 
@@ -240,7 +246,8 @@ def run_library(configuration: str, flags: dict, meter: StepMeter) -> None:
     from transformers import TrainingArguments, set_seed
 
     from shared.data.records import read_records, split_off_dev
-    from shared.model.loading import load_base_model, load_tokenizer, lora_config
+    from shared.model.loading import load_base_model, load_tokenizer
+    from shared.model.lora import lora_config
 
     records = read_records(flags["dataset"])
     if flags["dev_dataset"] is None:
