@@ -18,6 +18,7 @@ LIGHT = (
     "shared.options",
     "shared.outputs",
     "shared.model_source",
+    "shared.precision",
     "shared.train.job",
     "shared.train.checks",
     "shared.data.records",
