@@ -45,6 +45,15 @@ def test_the_gradient_flows_through_the_kept_elements_scaled_and_evaluation_is_t
     assert FastDropout(0.0).train()(inputs) is inputs
 
 
+def test_under_torch_compile_the_dropout_is_compiled_without_breaking_the_graph():
+    dropout = FastDropout(0.5).train()
+    explanation = torch._dynamo.explain(dropout)(torch.ones(4096))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    torch.manual_seed(0)
+    out = torch.compile(dropout)(torch.ones(4096))
+    assert set(out.unique().tolist()) == {0.0, 2.0} and within((out == 0).float().mean().item(), 0.5, 4096)
+
+
 def test_the_same_seed_draws_the_same_mask():
     masks = []
     for _ in range(2):

@@ -38,11 +38,12 @@ class FastDropout(torch.nn.Dropout):
     torch samples a CPU dropout mask one Bernoulli draw per element: with a dropout on every adapted layer's input
     that took 17% of a LoRA step on SmolLM2-135M. Four lanes of one random word cost about a fifth of that. An
     element is dropped when its lane falls below round(p x 65536) of the 65536 values, so p is kept to 1/65536.
-    Elsewhere (a GPU's fused kernel) and outside training, torch's own.
+    Elsewhere (a GPU's fused kernel), under torch.compile (which generates its own dropout, and would break its
+    graph at this one) and outside training, torch's own.
     """
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if not self.training or not 0 < self.p < 1 or inputs.device.type != "cpu":
+        if not self.training or not 0 < self.p < 1 or inputs.device.type != "cpu" or torch.compiler.is_compiling():
             return super().forward(inputs)
         words = torch.empty((inputs.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
         lanes = words.view(torch.int16)[: inputs.numel()].view(inputs.shape)
