@@ -69,7 +69,7 @@ def check_precision(flags: dict) -> dict[str, str]:
     if flags["fp16"] and not cuda_available():
         raise click.UsageError("--fp16 needs a CUDA GPU; on CPU use --bf16 or neither")
     precision = mixed_precision(flags)
-    if flags["bf16"] == AUTO:
+    if flags["bf16"] == AUTO and not flags["fp16"]:  # with --fp16, auto yields to it
         found = "does" if precision == "bf16" else "does not"
         log.info("--bf16 auto: this machine %s compute in bfloat16: mixed precision %s", found, precision)
     return {"mixed_precision": precision}
