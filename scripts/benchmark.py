@@ -289,7 +289,8 @@ def main(
     configurations.update({m.strip(): [m.strip()] for m in methods.split(",") if m.strip()})
     configurations.update({v: v.split() for v in variants})
     for name, (configuration, *_) in configurations.items():
-        if name not in ("baseline", *LIBRARIES) and not (REPO / "methods" / configuration / "train.py").is_file():
+        from_library = configuration in ("baseline", *LIBRARIES)  # a variant may train a library's run too
+        if not from_library and not (REPO / "methods" / configuration / "train.py").is_file():
             raise click.BadParameter(f"{name!r}: no method {configuration!r} under methods/", param_hint="--methods")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     if threads:
